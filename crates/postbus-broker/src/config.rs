@@ -1,0 +1,104 @@
+//! Broker settings. Every field has a default that suits a development machine; docs/
+//! configuration.md lists them all with their TOML keys and POSTBUS_* variables.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the broker engine and its STOMP listener.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Name of this broker node; a restarted broker with the same name takes over the messages
+    /// its previous incarnation held at once instead of waiting for the lease to lapse.
+    pub node_name: Option<String>,
+    /// How long a silent broker node keeps its in-flight messages before others take them, ms.
+    pub node_lease_ms: u32,
+    /// Create queues on first use; when false, an unknown queue is an error.
+    pub auto_create_queues: bool,
+    /// Most simultaneous client connections.
+    pub max_connections: usize,
+    /// Largest frame (headers and body) accepted, bytes.
+    pub max_frame_bytes: usize,
+    /// Largest body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Most headers in one frame.
+    pub max_headers: usize,
+    /// Longest header line, bytes.
+    pub max_header_line_bytes: usize,
+    /// Most subscriptions on one connection.
+    pub max_subscriptions_per_connection: usize,
+    /// Most transactions open at once on one connection.
+    pub max_open_transactions: usize,
+    /// Most sends and acks in one transaction.
+    pub max_transaction_operations: usize,
+    /// Prefetch (unacknowledged messages in flight) of a subscription that does not say.
+    pub default_prefetch: u32,
+    /// Largest prefetch a subscription may ask for.
+    pub max_prefetch: u32,
+    /// Heart-beat the server offers and wants, ms (0 = none).
+    pub heartbeat_ms: u32,
+    /// A client silent for its heart-beat interval times this factor is dropped.
+    pub heartbeat_grace: f64,
+    /// Time a new connection has to send CONNECT, ms.
+    pub connect_timeout_ms: u64,
+    /// Group-commit writers (connections committing in parallel).
+    pub writers: usize,
+    /// Most units (sends, acks, commits) in one group commit.
+    pub max_batch_units: usize,
+    /// Most message bytes in one group commit.
+    pub max_batch_bytes: usize,
+    /// How long a write is retried while the database is unreachable before the client gets an ERROR, ms.
+    pub write_retry_ms: u64,
+    /// Most messages one claim takes from a queue.
+    pub claim_batch: u32,
+    /// How often queues with consumers look for messages written by other brokers or by SQL, ms.
+    pub poll_interval_ms: u64,
+    /// How long committed client transaction ids are remembered for COMMIT retries, ms.
+    pub transaction_record_ms: i64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_name: None,
+            node_lease_ms: 10_000,
+            auto_create_queues: true,
+            max_connections: 10_000,
+            max_frame_bytes: 4 * 1024 * 1024 + 64 * 1024,
+            max_body_bytes: 4 * 1024 * 1024,
+            max_headers: 256,
+            max_header_line_bytes: 64 * 1024,
+            max_subscriptions_per_connection: 1_000,
+            max_open_transactions: 16,
+            max_transaction_operations: 10_000,
+            default_prefetch: 100,
+            max_prefetch: 10_000,
+            heartbeat_ms: 10_000,
+            heartbeat_grace: 2.0,
+            connect_timeout_ms: 10_000,
+            writers: 4,
+            max_batch_units: 1_000,
+            max_batch_bytes: 16 * 1024 * 1024,
+            write_retry_ms: 10_000,
+            claim_batch: 500,
+            poll_interval_ms: 500,
+            transaction_record_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms as u64)
+    }
+
+    pub fn codec_limits(&self) -> postbus_stomp::Limits {
+        postbus_stomp::Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_headers: self.max_headers,
+            max_header_line_bytes: self.max_header_line_bytes,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The engine: what every session shares. It owns the store handle, this node's lease, the
+//! group-commit writers, the queue runtimes and the background jobs (scheduler, expiry sweep,
+//! lease renewal, recovery of dead nodes' messages).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use postbus_model::{Destination, DestinationKind, QueueSettings, StoredMessage};
+use postbus_store::{NodeId, ReleaseRow, Store, StoreError, Unit, UnitOutcome};
+use tokio::sync::oneshot;
+
+use crate::config::BrokerConfig;
+use crate::queue::{QueueRuntime, run_dispatcher};
+use crate::writer::{CommitObserver, WriteError, Writers};
+
+/// Errors the engine reports to sessions and the admin surface.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "queue {0} does not exist and auto-creation is off: create it with `postbus queue create {0}`"
+    )]
+    NoSuchQueue(String),
+    #[error("{0}")]
+    BadDestination(#[from] postbus_model::DestinationError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Inner {
+    config: BrokerConfig,
+    store: Store,
+    node: NodeId,
+    node_name: String,
+    writers: Writers,
+    queues: Mutex<Queues>,
+    next_id: AtomicU64,
+    clients: Mutex<Clients>,
+}
+
+#[derive(Default)]
+struct Clients {
+    /// Client ids with a live connection: client id -> (connection id, kick signal).
+    live: HashMap<String, (u64, Arc<tokio::sync::Notify>)>,
+    /// Connections told to close because a newer one took their client id.
+    ending: std::collections::HashSet<u64>,
+}
+
+#[derive(Default)]
+struct Queues {
+    by_name: HashMap<String, Arc<QueueRuntime>>,
+    by_id: HashMap<i32, Arc<QueueRuntime>>,
+    /// Queues whose dispatcher task runs.
+    dispatching: std::collections::HashSet<i32>,
+}
+
+/// The shared broker engine (cheap to clone).
+#[derive(Clone)]
+pub struct Engine(Arc<Inner>);
+
+struct WakeOnCommit(Weak<Inner>);
+
+impl CommitObserver for WakeOnCommit {
+    fn committed(&self, units: &[Unit], _outcomes: &[UnitOutcome], _elapsed: Duration) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let mut touched: Vec<i32> = units
+            .iter()
+            .flat_map(|u| u.inserts.iter().map(|r| r.queue_id))
+            .collect();
+        touched.extend(
+            units
+                .iter()
+                .flat_map(|u| u.releases.iter().filter_map(|r| r.dead_letter)),
+        );
+        touched.sort_unstable();
+        touched.dedup();
+        let queues = inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for id in touched {
+            if let Some(q) = queues.by_id.get(&id) {
+                q.wake();
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Registers this node, takes back what a previous incarnation held, and starts the
+    /// writers and background jobs.
+    pub async fn start(config: BrokerConfig, store: Store) -> Result<Engine, EngineError> {
+        let hostname = std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        let node_name = config.node_name.clone().unwrap_or_else(|| hostname.clone());
+        let node = store
+            .register_node(&node_name, &hostname, config.node_lease_ms as i32)
+            .await?;
+        let recovered = store.reap_nodes(node, &node_name).await?;
+        tracing::info!(node = node.0, name = %node_name, recovered_queues = recovered.len(), "broker node registered");
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let writers = Writers::start(
+                store.clone(),
+                node,
+                config.writers,
+                config.max_batch_units,
+                config.max_batch_bytes,
+                Duration::from_millis(config.write_retry_ms),
+                Arc::new(WakeOnCommit(weak.clone())),
+            );
+            Inner {
+                config,
+                store,
+                node,
+                node_name,
+                writers,
+                queues: Mutex::new(Queues::default()),
+                next_id: AtomicU64::new(1),
+                clients: Mutex::new(Clients::default()),
+            }
+        });
+        let engine = Engine(inner);
+        engine.spawn_background();
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.0.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.0.node
+    }
+
+    /// A fresh id for a connection or a consumer.
+    pub fn next_id(&self) -> u64 {
+        self.0.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Hands a unit to the group-commit writer of connection `conn`.
+    pub fn submit(
+        &self,
+        conn: u64,
+        unit: Unit,
+    ) -> oneshot::Receiver<Result<UnitOutcome, WriteError>> {
+        self.0.writers.submit(conn, unit)
+    }
+
+    /// Submits a unit and waits for its outcome.
+    pub async fn write(&self, conn: u64, unit: Unit) -> Result<UnitOutcome, WriteError> {
+        self.submit(conn, unit)
+            .await
+            .unwrap_or_else(|_| Err(WriteError::Failed("the broker is shutting down".into())))
+    }
+
+    /// The runtime of a queue, creating the queue first if `create` (and it does not exist).
+    pub async fn queue(&self, name: &str, create: bool) -> Result<Arc<QueueRuntime>, EngineError> {
+        if let Some(q) = self.lock_queues().by_name.get(name) {
+            return Ok(q.clone());
+        }
+        postbus_model::destination::validate_name(name)?;
+        let row = match self
+            .0
+            .store
+            .find_destination(DestinationKind::Queue, name)
+            .await?
+        {
+            Some(row) => row,
+            None if create => {
+                let settings = QueueSettings::default();
+                let (row, created) = self
+                    .0
+                    .store
+                    .create_destination(DestinationKind::Queue, name, &settings, true)
+                    .await?;
+                if created {
+                    tracing::info!(queue = name, "queue auto-created");
+                }
+                row
+            }
+            None => return Err(EngineError::NoSuchQueue(name.to_owned())),
+        };
+        let mut queues = self.lock_queues();
+        let q = queues
+            .by_name
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(QueueRuntime::new(
+                    row.id,
+                    row.name.clone(),
+                    row.settings.clone(),
+                ))
+            })
+            .clone();
+        queues.by_id.insert(q.id, q.clone());
+        Ok(q)
+    }
+
+    /// Forgets a queue's runtime (after it was deleted or its settings changed).
+    pub fn forget_queue(&self, name: &str) {
+        let mut queues = self.lock_queues();
+        if let Some(q) = queues.by_name.remove(name) {
+            queues.by_id.remove(&q.id);
+            queues.dispatching.remove(&q.id);
+            q.close();
+        }
+    }
+
+    /// Makes sure the queue's dispatcher runs (it is started with the first consumer).
+    pub fn ensure_dispatcher(&self, queue: &Arc<QueueRuntime>) {
+        let mut queues = self.lock_queues();
+        if queues.dispatching.insert(queue.id) {
+            tokio::spawn(run_dispatcher(self.clone(), queue.clone()));
+        }
+    }
+
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.0.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a live connection for a client id. An older connection with the same client
+    /// id is told to close (its last COMMIT may be the one the new connection retries), and
+    /// this waits briefly for it to finish.
+    pub async fn claim_client_id(&self, client_id: &str, conn: u64) -> Arc<tokio::sync::Notify> {
+        let kick = Arc::new(tokio::sync::Notify::new());
+        let old = {
+            let mut clients = self.lock_clients();
+            let old = clients
+                .live
+                .insert(client_id.to_owned(), (conn, kick.clone()));
+            if let Some((old_conn, _)) = &old {
+                clients.ending.insert(*old_conn);
+            }
+            old
+        };
+        if let Some((old_conn, old_kick)) = old {
+            old_kick.notify_one();
+            // Wait (bounded) for the old session to finish its writes and go.
+            for _ in 0..250 {
+                if !self.lock_clients().ending.contains(&old_conn) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        kick
+    }
+
+    /// Releases a client id when its connection ends.
+    pub fn release_client_id(&self, client_id: &str, conn: u64) {
+        let mut clients = self.lock_clients();
+        clients.ending.remove(&conn);
+        if clients.live.get(client_id).is_some_and(|(c, _)| *c == conn) {
+            clients.live.remove(client_id);
+        }
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, Clients> {
+        self.0.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Splits claimed messages into those to deliver and those past their queue's
+    /// max-deliveries (which go to the dead-letter queue instead).
+    pub fn split_dead_letters(
+        &self,
+        queue: &QueueRuntime,
+        messages: Vec<StoredMessage>,
+    ) -> (Vec<StoredMessage>, Vec<StoredMessage>) {
+        if is_dead_letter_queue(&queue.name) {
+            return (messages, vec![]);
+        }
+        messages
+            .into_iter()
+            .partition(|m| m.delivery_count < queue.settings.max_deliveries)
+    }
+
+    /// The queue id of `queue`'s dead-letter queue (created if needed).
+    pub async fn dead_letter_queue_id(&self, queue: &QueueRuntime) -> Result<i32, EngineError> {
+        let name = queue
+            .settings
+            .dead_letter_queue
+            .clone()
+            .unwrap_or_else(|| format!("DLQ.{}", queue.name));
+        Ok(self.queue(&name, true).await?.id)
+    }
+
+    /// Builds the release of a message whose delivery ended without an ack: back to the queue
+    /// after the redelivery delay, or to the dead-letter queue once max-deliveries is reached.
+    pub async fn redelivery(
+        &self,
+        queue: &QueueRuntime,
+        id: i64,
+        delivery_count: i32,
+        reason: &str,
+        last_error: Option<String>,
+    ) -> ReleaseRow {
+        let count = delivery_count + 1;
+        let mut row = ReleaseRow {
+            id,
+            increment: 1,
+            last_error,
+            ..Default::default()
+        };
+        if count >= queue.settings.max_deliveries && !is_dead_letter_queue(&queue.name) {
+            match self.dead_letter_queue_id(queue).await {
+                Ok(dlq) => {
+                    row.dead_letter = Some(dlq);
+                    row.reason = Some(format!(
+                        "{reason}; delivered {count} times (max-deliveries {})",
+                        queue.settings.max_deliveries
+                    ));
+                    row.origin = Some(format!("/queue/{}", queue.name));
+                    return row;
+                }
+                Err(e) => {
+                    tracing::error!(queue = %queue.name, error = %e, "cannot resolve the dead-letter queue; redelivering instead")
+                }
+            }
+        }
+        let delay = queue.settings.redelivery_delay(count);
+        if delay > 0 {
+            row.ready_at = Some(postbus_model::now_ms() + delay);
+        }
+        row
+    }
+
+    /// Moves claimed messages that exceeded max-deliveries to the dead-letter queue.
+    pub async fn dead_letter(&self, queue: &Arc<QueueRuntime>, messages: Vec<StoredMessage>) {
+        let dlq = match self.dead_letter_queue_id(queue).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(queue = %queue.name, error = %e, "cannot resolve the dead-letter queue");
+                return;
+            }
+        };
+        let releases = messages
+            .iter()
+            .map(|m| ReleaseRow {
+                id: m.id.0,
+                increment: 0,
+                dead_letter: Some(dlq),
+                reason: Some(format!(
+                    "delivered {} times (max-deliveries {})",
+                    m.delivery_count, queue.settings.max_deliveries
+                )),
+                origin: Some(format!("/queue/{}", queue.name)),
+                ..Default::default()
+            })
+            .collect();
+        let unit = Unit {
+            releases,
+            ..Default::default()
+        };
+        if let Err(e) = self.write(0, unit).await {
+            tracing::error!(queue = %queue.name, error = %e, "moving messages to the dead-letter queue failed; they will be retried");
+        }
+    }
+
+    /// Resolves a destination for sending: queues only for now.
+    pub async fn resolve_send_target(
+        &self,
+        dest: &Destination,
+    ) -> Result<Arc<QueueRuntime>, EngineError> {
+        self.queue(&dest.name, self.0.config.auto_create_queues)
+            .await
+    }
+
+    fn spawn_background(&self) {
+        let weak = Arc::downgrade(&self.0);
+        // Scheduler: delayed and redelivery-delayed messages become deliverable.
+        tokio::spawn(periodic(
+            weak.clone(),
+            Duration::from_millis(100),
+            |engine| async move {
+                match engine.0.store.promote_scheduled().await {
+                    Ok(queues) => engine.wake_queues(&queues),
+                    Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
+                }
+            },
+        ));
+        // Expiry sweep, and forgetting old dedup ids and client transactions.
+        tokio::spawn(periodic(
+            weak.clone(),
+            Duration::from_secs(1),
+            |engine| async move {
+                let e2 = engine.clone();
+                let swept = engine
+                    .0
+                    .store
+                    .sweep_expired(1000, async move |name: &str| -> Result<i32, StoreError> {
+                        e2.queue(name, true)
+                            .await
+                            .map(|q| q.id)
+                            .map_err(|e| StoreError::NotFound(e.to_string()))
+                    })
+                    .await;
+                match swept {
+                    Ok(found) if !found.is_empty() => {
+                        tracing::info!(count = found.len(), "expired messages removed")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+                }
+            },
+        ));
+        tokio::spawn(periodic(
+            weak.clone(),
+            Duration::from_secs(60),
+            |engine| async move {
+                if let Err(e) = engine
+                    .0
+                    .store
+                    .sweep_records(engine.0.config.transaction_record_ms)
+                    .await
+                {
+                    tracing::warn!(error = %e, "dedup/transaction record sweep failed");
+                }
+            },
+        ));
+        // Lease: renew ours, and take back what dead nodes held.
+        let lease = Duration::from_millis(self.0.config.node_lease_ms as u64);
+        tokio::spawn(periodic(weak.clone(), lease / 4, |engine| async move {
+            match engine.0.store.heartbeat(engine.0.node).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Peers declared this node dead (it was paused or cut off longer than its
+                    // lease) and gave its messages to others. Acting on any state from before
+                    // would deliver twice: stop, and let the supervisor restart us clean.
+                    tracing::error!(
+                        node = engine.0.node.0,
+                        "this broker node was declared dead by its peers; exiting so that it does not act on stale state"
+                    );
+                    std::process::exit(75);
+                }
+                Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+            }
+            match engine
+                .0
+                .store
+                .reap_nodes(engine.0.node, &engine.0.node_name)
+                .await
+            {
+                Ok(queues) => engine.wake_queues(&queues),
+                Err(e) => tracing::warn!(error = %e, "reaping dead nodes failed"),
+            }
+        }));
+    }
+
+    fn wake_queues(&self, ids: &[i32]) {
+        let queues = self.lock_queues();
+        for id in ids {
+            if let Some(q) = queues.by_id.get(id) {
+                q.wake();
+            }
+        }
+    }
+
+    /// A clean shutdown: in-flight messages go back to their queues at once.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.0.store.deregister_node(self.0.node).await {
+            tracing::warn!(error = %e, "deregistering the node failed; peers will recover its messages after the lease");
+        }
+    }
+}
+
+/// Queues named `DLQ.*` are dead-letter queues: their messages are never dead-lettered again.
+pub fn is_dead_letter_queue(name: &str) -> bool {
+    name.starts_with("DLQ.")
+}
+
+async fn periodic<F, Fut>(weak: Weak<Inner>, every: Duration, job: F)
+where
+    F: Fn(Engine) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        job(Engine(inner)).await;
+    }
+}

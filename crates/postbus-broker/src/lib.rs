@@ -1,0 +1,22 @@
+//! The postbus broker: the engine that moves messages between producers, PostgreSQL and
+//! consumers, and the STOMP 1.2 server that clients talk to.
+//!
+//! Map (see docs/ARCHITECTURE.md for one message's journey):
+//! - [`config`]: every limit and timing the broker takes, with defaults.
+//! - [`engine`]: the shared broker state: destinations, queue runtimes, node lease, background jobs.
+//! - [`queue`]: one queue's consumers, credit, message groups and in-flight bookkeeping.
+//! - [`writer`]: group commit: units of many connections written in one transaction.
+//! - [`send`]: turns a SEND frame into a validated message.
+//! - [`session`]: one STOMP connection's state machine.
+//! - [`server`]: the TCP listener and connection limits.
+
+pub mod config;
+pub mod engine;
+pub mod queue;
+pub mod send;
+pub mod server;
+pub mod session;
+pub mod writer;
+
+pub use config::BrokerConfig;
+pub use engine::Engine;

@@ -1,0 +1,475 @@
+//! One queue's runtime on this broker node: its local consumers, their credit (prefetch),
+//! message-group ownership, exclusive consumers, and what is in flight to whom.
+//!
+//! The state sits behind a `std::sync::Mutex` because every critical section is short and
+//! never awaits: placing claimed messages on consumers, marking acks, adding and removing
+//! consumers. The dispatcher task (see [`run_dispatcher`]) is the only one that claims from
+//! PostgreSQL for this queue on this node, so claims are never concurrent with each other here.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use postbus_model::{QueueSettings, StoredMessage};
+use tokio::sync::{Notify, mpsc};
+
+use crate::engine::Engine;
+
+/// A consumer's id, unique within this broker process.
+pub type ConsumerId = u64;
+
+/// STOMP acknowledgement modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    /// Acknowledged by the broker as soon as the MESSAGE frame is written.
+    Auto,
+    /// An ACK acknowledges that message and every earlier one delivered to the subscription.
+    Client,
+    /// An ACK acknowledges exactly one message.
+    ClientIndividual,
+}
+
+impl AckMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(AckMode::Auto),
+            "client" => Some(AckMode::Client),
+            "client-individual" => Some(AckMode::ClientIndividual),
+            _ => None,
+        }
+    }
+}
+
+/// A message handed to a session for writing.
+pub struct Delivery {
+    pub subscription: Arc<str>,
+    pub consumer: ConsumerId,
+    pub queue: Arc<QueueRuntime>,
+    pub message: StoredMessage,
+}
+
+/// What a queue sends to a session.
+pub enum SessionEvent {
+    Deliver(Delivery),
+}
+
+/// What a session tells the queue about a new consumer.
+pub struct ConsumerSpec {
+    pub id: ConsumerId,
+    pub subscription: Arc<str>,
+    pub prefetch: u32,
+    pub exclusive: bool,
+    pub events: mpsc::UnboundedSender<SessionEvent>,
+}
+
+/// A message in flight to a consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    pub id: i64,
+    /// Deliveries before this one that ended without an ack.
+    pub delivery_count: i32,
+    pub group: Option<String>,
+}
+
+struct ConsumerSlot {
+    spec: ConsumerSpec,
+    /// Delivery order -> message; the order a cumulative ACK follows.
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Message id -> delivery order.
+    index: HashMap<i64, u64>,
+    /// Messages with an ack, nack or transaction under way: not to be settled twice.
+    settling: HashSet<i64>,
+    next_seq: u64,
+}
+
+impl ConsumerSlot {
+    fn credit(&self) -> usize {
+        (self.spec.prefetch as usize).saturating_sub(self.in_flight.len())
+    }
+}
+
+#[derive(Default)]
+struct QueueState {
+    consumers: Vec<ConsumerSlot>,
+    /// Round-robin position among consumers.
+    next: usize,
+    /// Group id -> (owning consumer, messages of the group in flight to it).
+    groups: HashMap<String, (ConsumerId, u32)>,
+    /// Claimed by this node but not yet placed on a consumer, in claim order.
+    pending: VecDeque<StoredMessage>,
+    /// Releases under way: while any is, nothing is claimed, so a released message cannot be
+    /// overtaken by a later one of its group.
+    releasing: u32,
+    /// Messages still settling (an ack or rollback under way) whose consumer is gone, with
+    /// their group: the group stays with nobody until they settle.
+    orphans: HashMap<i64, Option<String>>,
+    closed: bool,
+}
+
+/// Why an ACK or NACK was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    #[error(
+        "message {0} is not in flight to this subscription (already acknowledged, or never delivered here)"
+    )]
+    NotInFlight(String),
+    #[error("message {0} is already being acknowledged or is part of an open transaction")]
+    AlreadySettling(String),
+}
+
+/// One queue on this node.
+pub struct QueueRuntime {
+    pub id: i32,
+    pub name: String,
+    pub settings: QueueSettings,
+    state: Mutex<QueueState>,
+    wake: Notify,
+}
+
+/// How a settlement ended.
+pub enum Settled {
+    /// Acked or released for good: the messages leave the consumer.
+    Done,
+    /// The ack did not commit: the messages stay in flight and may be acked again.
+    Failed,
+}
+
+impl QueueRuntime {
+    pub fn new(id: i32, name: String, settings: QueueSettings) -> Self {
+        QueueRuntime {
+            id,
+            name,
+            settings,
+            state: Mutex::new(QueueState::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding this lock is a bug; the state is still consistent enough to
+        // keep serving other consumers, so recover the guard rather than poisoning the queue.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the dispatcher to look for messages now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.lock().consumers.len()
+    }
+
+    pub fn add_consumer(&self, spec: ConsumerSpec) {
+        let mut st = self.lock();
+        st.consumers.push(ConsumerSlot {
+            spec,
+            in_flight: BTreeMap::new(),
+            index: HashMap::new(),
+            settling: HashSet::new(),
+            next_seq: 0,
+        });
+        drop(st);
+        self.wake();
+    }
+
+    /// Removes a consumer. Returns what must be given back for redelivery: the messages in
+    /// flight to it that no ack or transaction is settling, and every claimed message not yet
+    /// placed (they are re-claimed in order once the releases commit). The caller must release
+    /// them and then call [`QueueRuntime::release_done`].
+    pub fn remove_consumer(&self, id: ConsumerId) -> (Vec<InFlight>, Vec<i64>) {
+        let mut st = self.lock();
+        let Some(pos) = st.consumers.iter().position(|c| c.spec.id == id) else {
+            return (vec![], vec![]);
+        };
+        let slot = st.consumers.remove(pos);
+        let (returned, settling): (Vec<InFlight>, Vec<InFlight>) = slot
+            .in_flight
+            .into_values()
+            .partition(|f| !slot.settling.contains(&f.id));
+        for f in settling {
+            st.orphans.insert(f.id, f.group);
+        }
+        for f in &returned {
+            if let Some(g) = &f.group {
+                dec_group(&mut st.groups, g);
+            }
+        }
+        // Groups owned by the consumer with settling messages keep their owner id until those
+        // settle; assignments with no messages left are dropped.
+        st.groups.retain(|_, (owner, n)| *owner != id || *n > 0);
+        let pending: Vec<i64> = st.pending.drain(..).map(|m| m.id.0).collect();
+        if !returned.is_empty() || !pending.is_empty() {
+            st.releasing += 1;
+        }
+        (returned, pending)
+    }
+
+    /// A NACK or rollback is about to release messages: pause claims until it commits.
+    pub fn begin_release(&self) {
+        self.lock().releasing += 1;
+    }
+
+    /// A release started by [`QueueRuntime::remove_consumer`] or a NACK has committed (or failed).
+    pub fn release_done(&self) {
+        let mut st = self.lock();
+        st.releasing = st.releasing.saturating_sub(1);
+        drop(st);
+        self.wake();
+    }
+
+    /// Marks the messages an ACK (or NACK) of `ack_id` covers as settling and returns them.
+    /// `cumulative`: that message and every earlier one delivered to the consumer.
+    pub fn begin_settle(
+        &self,
+        consumer: ConsumerId,
+        ack_id: i64,
+        cumulative: bool,
+    ) -> Result<Vec<InFlight>, SettleError> {
+        let mut st = self.lock();
+        let slot = st
+            .consumers
+            .iter_mut()
+            .find(|c| c.spec.id == consumer)
+            .ok_or_else(|| SettleError::NotInFlight(format!("ID:{ack_id}")))?;
+        let seq = *slot
+            .index
+            .get(&ack_id)
+            .ok_or_else(|| SettleError::NotInFlight(format!("ID:{ack_id}")))?;
+        if slot.settling.contains(&ack_id) {
+            return Err(SettleError::AlreadySettling(format!("ID:{ack_id}")));
+        }
+        let covered: Vec<InFlight> = if cumulative {
+            slot.in_flight
+                .range(..=seq)
+                .map(|(_, f)| f.clone())
+                .filter(|f| !slot.settling.contains(&f.id))
+                .collect()
+        } else {
+            vec![slot.in_flight[&seq].clone()]
+        };
+        for f in &covered {
+            slot.settling.insert(f.id);
+        }
+        Ok(covered)
+    }
+
+    /// Ends a settlement begun with [`QueueRuntime::begin_settle`] (or a delivery that an auto
+    /// ack covers).
+    pub fn finish_settle(&self, consumer: ConsumerId, ids: &[i64], how: Settled) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        match how {
+            Settled::Failed => {
+                if let Some(slot) = st.consumers.iter_mut().find(|c| c.spec.id == consumer) {
+                    for id in ids {
+                        slot.settling.remove(id);
+                    }
+                } else {
+                    // The consumer is gone and the ack failed: the messages stay held by this
+                    // node until they are released (or recovered after a restart).
+                    for id in ids {
+                        if let Some(Some(g)) = st.orphans.remove(id) {
+                            dec_group(&mut st.groups, &g);
+                        }
+                    }
+                }
+            }
+            Settled::Done => {
+                let mut groups_done = Vec::new();
+                if let Some(slot) = st.consumers.iter_mut().find(|c| c.spec.id == consumer) {
+                    for id in ids {
+                        slot.settling.remove(id);
+                        if let Some(seq) = slot.index.remove(id)
+                            && let Some(f) = slot.in_flight.remove(&seq)
+                            && let Some(g) = f.group
+                        {
+                            groups_done.push(g);
+                        }
+                    }
+                } else {
+                    // The consumer is gone; its settling messages still count in their groups.
+                    groups_done.extend(ids.iter().filter_map(|id| st.orphans.remove(id).flatten()));
+                }
+                for g in groups_done {
+                    dec_group(&mut st.groups, &g);
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Places pending messages and returns how many more this node may claim now.
+    fn place_pending_and_credit(self: &Arc<Self>, claim_batch: usize) -> usize {
+        let mut st = self.lock();
+        if st.closed || st.releasing > 0 || st.consumers.is_empty() {
+            return 0;
+        }
+        let pending: Vec<StoredMessage> = st.pending.drain(..).collect();
+        let mut blocked_groups: HashSet<String> = HashSet::new();
+        let mut exclusive_blocked = false;
+        for m in pending {
+            let blocked = exclusive_blocked
+                || m.group_id
+                    .as_ref()
+                    .is_some_and(|g| blocked_groups.contains(g));
+            if blocked {
+                st.pending.push_back(m);
+                continue;
+            }
+            if let Err(m) = self.place(&mut st, m) {
+                if let Some(g) = &m.group_id {
+                    blocked_groups.insert(g.clone());
+                } else if self.is_exclusive(&st) {
+                    exclusive_blocked = true;
+                }
+                st.pending.push_back(m);
+            }
+        }
+        let credit: usize = if self.is_exclusive(&st) {
+            st.consumers.first().map(|c| c.credit()).unwrap_or(0)
+        } else {
+            st.consumers.iter().map(|c| c.credit()).sum()
+        };
+        if st.pending.len() >= claim_batch {
+            return 0;
+        }
+        credit.saturating_sub(st.pending.len()).min(claim_batch)
+    }
+
+    fn is_exclusive(&self, st: &QueueState) -> bool {
+        self.settings.exclusive || st.consumers.first().is_some_and(|c| c.spec.exclusive)
+    }
+
+    /// Puts one claimed message on a consumer, or gives it back when none can take it now.
+    fn place(self: &Arc<Self>, st: &mut QueueState, m: StoredMessage) -> Result<(), StoredMessage> {
+        let target = if self.is_exclusive(st) {
+            // The first consumer is the active one; the others wait for it to go.
+            if st.consumers.first().is_some_and(|c| c.credit() > 0) {
+                Some(0)
+            } else {
+                None
+            }
+        } else if let Some(owner) = m
+            .group_id
+            .as_ref()
+            .and_then(|g| st.groups.get(g))
+            .map(|(c, _)| *c)
+        {
+            st.consumers
+                .iter()
+                .position(|c| c.spec.id == owner && c.credit() > 0)
+        } else {
+            let n = st.consumers.len();
+            let start = st.next;
+            let found = (0..n)
+                .map(|i| (start + i) % n)
+                .find(|&i| st.consumers[i].credit() > 0);
+            if let Some(i) = found {
+                st.next = (i + 1) % n;
+            }
+            found
+        };
+        let Some(i) = target else { return Err(m) };
+        if let Some(g) = &m.group_id {
+            let id = st.consumers[i].spec.id;
+            st.groups.entry(g.clone()).or_insert((id, 0)).1 += 1;
+        }
+        let slot = &mut st.consumers[i];
+        let seq = slot.next_seq;
+        slot.next_seq += 1;
+        slot.in_flight.insert(
+            seq,
+            InFlight {
+                id: m.id.0,
+                delivery_count: m.delivery_count,
+                group: m.group_id.clone(),
+            },
+        );
+        slot.index.insert(m.id.0, seq);
+        let delivery = Delivery {
+            subscription: slot.spec.subscription.clone(),
+            consumer: slot.spec.id,
+            queue: self.clone(),
+            message: m,
+        };
+        // A closed channel means the session is going away; the message stays in flight and is
+        // released when the session removes the consumer.
+        let _ = slot.spec.events.send(SessionEvent::Deliver(delivery));
+        Ok(())
+    }
+
+    fn take_claimed(self: &Arc<Self>, messages: Vec<StoredMessage>) {
+        let mut st = self.lock();
+        st.pending.extend(messages);
+    }
+
+    /// Stops the dispatcher (the queue was deleted or the broker is shutting down).
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.wake();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+}
+
+fn dec_group(groups: &mut HashMap<String, (ConsumerId, u32)>, g: &str) {
+    if let Some(entry) = groups.get_mut(g) {
+        entry.1 = entry.1.saturating_sub(1);
+        if entry.1 == 0 {
+            groups.remove(g);
+        }
+    }
+}
+
+/// The dispatcher: claims deliverable messages from PostgreSQL as consumers have credit, and
+/// places them. Woken by commits on this node, by acks, and by a poll for what other brokers
+/// and SQL callers wrote.
+pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
+    let poll = Duration::from_millis(engine.config().poll_interval_ms.max(10));
+    let batch = engine.config().claim_batch.max(1) as usize;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if queue.is_closed() {
+            return;
+        }
+        loop {
+            let want = queue.place_pending_and_credit(batch);
+            if want == 0 {
+                break;
+            }
+            match engine
+                .store()
+                .claim(engine.node(), queue.id, want as i64)
+                .await
+            {
+                Ok(messages) => {
+                    backoff = Duration::from_millis(50);
+                    let got = messages.len();
+                    let (deliverable, dead) = engine.split_dead_letters(&queue, messages);
+                    if !dead.is_empty() {
+                        engine.dead_letter(&queue, dead).await;
+                    }
+                    queue.take_claimed(deliverable);
+                    if got < want {
+                        // Drained: one more placement round, then wait for news.
+                        queue.place_pending_and_credit(batch);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %queue.name, error = %e, "claim failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = queue.wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}

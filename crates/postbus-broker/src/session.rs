@@ -1,0 +1,1227 @@
+//! One STOMP connection: the handshake, then a loop that reads client frames, writes
+//! deliveries, and answers with RECEIPTs in the order the frames came, each only after what it
+//! confirms has committed.
+//!
+//! The session owns its subscriptions and open transactions. Queues own the bookkeeping of
+//! what is in flight to which consumer (see [`crate::queue`]); the session asks them to begin
+//! and finish settlements around each write.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
+use postbus_model::{DestinationKind, StoredMessage};
+use postbus_stomp::{Command, Frame, Item, StompCodec, Version, negotiate_version};
+use postbus_store::{InsertOutcome, InsertRow, ReleaseRow, Unit, UnitOutcome};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::engine::Engine;
+use crate::queue::{
+    AckMode, ConsumerId, ConsumerSpec, InFlight, QueueRuntime, SessionEvent, Settled,
+};
+use crate::send::parse_send;
+use crate::writer::WriteError;
+
+const SUPPORTED: [Version; 3] = [Version::V1_0, Version::V1_1, Version::V1_2];
+
+/// What the session asks its writer task to do.
+enum Out {
+    Frame(Frame),
+    /// A MESSAGE for an auto-ack subscription: acknowledged once it is written.
+    AutoAck(Frame, AutoAckNote),
+    Close,
+}
+
+struct AutoAckNote {
+    queue: Arc<QueueRuntime>,
+    consumer: ConsumerId,
+    id: i64,
+}
+
+/// Why the session ends.
+enum End {
+    /// Tell the client why, then close.
+    Error {
+        message: String,
+        detail: String,
+        receipt: Option<String>,
+    },
+    /// The client went away or said DISCONNECT.
+    Quiet,
+}
+
+impl End {
+    fn error(message: impl Into<String>, receipt: Option<&str>) -> End {
+        End::Error {
+            message: message.into(),
+            detail: String::new(),
+            receipt: receipt.map(str::to_owned),
+        }
+    }
+}
+
+struct Subscription {
+    queue: Arc<QueueRuntime>,
+    consumer: ConsumerId,
+    ack: AckMode,
+}
+
+/// A transacted session's pending work.
+#[derive(Default)]
+struct Transaction {
+    inserts: Vec<InsertRow>,
+    /// Acked (or nacked) messages per (queue, consumer): marked settling until COMMIT/ABORT.
+    acks: Vec<(Arc<QueueRuntime>, ConsumerId, Vec<InFlight>, bool)>,
+    operations: usize,
+}
+
+/// A write the session waits for, in frame order.
+type Pending = Pin<Box<dyn std::future::Future<Output = Completion> + Send>>;
+
+struct Completion {
+    result: Result<UnitOutcome, WriteError>,
+    then: Then,
+    receipt: Option<String>,
+}
+
+/// What to do when a write completes.
+enum Then {
+    Nothing,
+    Send,
+    /// Finish settlements: (queue, consumer, ids).
+    Settle(Vec<(Arc<QueueRuntime>, ConsumerId, Vec<i64>)>),
+    /// A release of messages that paused a queue's claims.
+    Released(Vec<(Arc<QueueRuntime>, ConsumerId, Vec<i64>)>),
+    Commit(Vec<(Arc<QueueRuntime>, ConsumerId, Vec<i64>)>),
+}
+
+struct Session {
+    engine: Engine,
+    conn: u64,
+    version: Version,
+    client_id: Option<String>,
+    user: Option<String>,
+    subs: HashMap<String, Subscription>,
+    /// Message id -> subscription id, for the messages in flight to this connection.
+    delivered: HashMap<i64, String>,
+    transactions: HashMap<String, Transaction>,
+    out: mpsc::UnboundedSender<Out>,
+    events_tx: mpsc::UnboundedSender<SessionEvent>,
+    pending: FuturesOrdered<Pending>,
+}
+
+/// Serves one client connection until it ends.
+pub async fn run_session<S>(engine: Engine, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let conn = engine.next_id();
+    let (read_half, write_half) = tokio::io::split(stream);
+    let limits = engine.config().codec_limits();
+    let mut reader = FramedRead::new(read_half, StompCodec::new(limits));
+    let mut writer = FramedWrite::new(write_half, StompCodec::new(limits));
+
+    // Handshake.
+    let connect_timeout = Duration::from_millis(engine.config().connect_timeout_ms);
+    let first = match tokio::time::timeout(connect_timeout, next_frame(&mut reader)).await {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return,
+        Ok(Err(message)) => {
+            let _ = writer.send(error_frame(&message, "", None)).await;
+            return;
+        }
+        Err(_) => {
+            let msg = format!("no CONNECT frame within {} ms", connect_timeout.as_millis());
+            let _ = writer.send(error_frame(&msg, "", None)).await;
+            return;
+        }
+    };
+    if !matches!(first.command, Command::Connect | Command::Stomp) {
+        let msg = format!(
+            "expected CONNECT or STOMP as the first frame, got {}",
+            first.command.as_str()
+        );
+        let _ = writer.send(error_frame(&msg, "", None)).await;
+        return;
+    }
+    let Some(version) = negotiate_version(first.header("accept-version"), &SUPPORTED) else {
+        let e = error_frame(
+            "no common STOMP version",
+            "postbus supports STOMP 1.0, 1.1 and 1.2",
+            None,
+        )
+        .with_header("version", "1.0,1.1,1.2");
+        let _ = writer.send(e).await;
+        return;
+    };
+    let (client_beat, want_beat) =
+        negotiate_heartbeat(first.header("heart-beat"), engine.config().heartbeat_ms);
+    let client_id = first
+        .header("client-id")
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned);
+    // Authentication arrives with its own issue; until then only --allow-anonymous brokers run,
+    // and the login header (if any) names the principal recorded as JMSXUserID.
+    let user = first
+        .header("login")
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned);
+    let kick = match &client_id {
+        Some(id) => Some(engine.claim_client_id(id, conn).await),
+        None => None,
+    };
+    let mut connected = Frame::new(Command::Connected)
+        .with_header("version", version.as_str())
+        .with_header("server", concat!("postbus/", env!("CARGO_PKG_VERSION")))
+        .with_header("session", format!("{}-{conn}", engine.node().0))
+        .with_header(
+            "heart-beat",
+            format!(
+                "{},{}",
+                engine.config().heartbeat_ms,
+                engine.config().heartbeat_ms
+            ),
+        );
+    if version == Version::V1_0 {
+        connected.headers.retain(|(k, _)| k != "heart-beat");
+    }
+    if writer.send(connected).await.is_err() {
+        if let Some(id) = &client_id {
+            engine.release_client_id(id, conn);
+        }
+        return;
+    }
+    reader.decoder_mut().set_version(version);
+    writer.encoder_mut().set_version(version);
+    tracing::debug!(conn, %peer, version = version.as_str(), "connected");
+
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (acked_tx, mut acked_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(write_loop(writer, out_rx, client_beat, acked_tx));
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut s = Session {
+        engine: engine.clone(),
+        conn,
+        version,
+        client_id: client_id.clone(),
+        user,
+        subs: HashMap::new(),
+        delivered: HashMap::new(),
+        transactions: HashMap::new(),
+        out: out_tx,
+        events_tx,
+        pending: FuturesOrdered::new(),
+    };
+    let read_timeout = want_beat.map(|d| d.mul_f64(engine.config().heartbeat_grace.max(1.0)));
+    let kick = kick.unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            Some(done) = s.pending.next(), if !s.pending.is_empty() => {
+                if let Some(end) = s.complete(done) { break end; }
+            }
+            Some(note) = acked_rx.recv() => s.auto_ack(note),
+            Some(event) = events_rx.recv() => s.deliver(event),
+            _ = kick.notified() => break End::error("another connection took over this client-id", None),
+            frame = read_with_timeout(&mut reader, read_timeout) => match frame {
+                Ok(Some(frame)) => if let Some(end) = s.handle(frame).await { break end; },
+                Ok(None) => break End::Quiet,
+                Err(message) => break End::Error { message, detail: String::new(), receipt: None },
+            },
+        }
+    };
+
+    // Let writes already handed to the writer finish, so state is settled before teardown.
+    while let Some(done) = s.pending.next().await {
+        if let End::Error { .. } = end {
+            s.settle_only(done);
+        } else if let Some(e) = s.complete(done) {
+            s.send_end(e);
+        }
+    }
+    s.teardown().await;
+    match end {
+        End::Error {
+            message,
+            detail,
+            receipt,
+        } => {
+            let _ = s.out.send(Out::Frame(error_frame(
+                &message,
+                &detail,
+                receipt.as_deref(),
+            )));
+        }
+        End::Quiet => {}
+    }
+    let _ = s.out.send(Out::Close);
+    drop(s.out);
+    let _ = writer_task.await;
+    if let Some(id) = &client_id {
+        engine.release_client_id(id, conn);
+    }
+    tracing::debug!(conn, %peer, "disconnected");
+}
+
+async fn next_frame<R: AsyncRead + Unpin>(
+    reader: &mut FramedRead<R, StompCodec>,
+) -> Result<Option<Frame>, String> {
+    loop {
+        match reader.next().await {
+            None => return Ok(None),
+            Some(Ok(Item::HeartBeat)) => continue,
+            Some(Ok(Item::Frame(f))) => return Ok(Some(f)),
+            Some(Err(e)) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Reads the next frame; a client silent past its heart-beat grace is an error.
+async fn read_with_timeout<R: AsyncRead + Unpin>(
+    reader: &mut FramedRead<R, StompCodec>,
+    timeout: Option<Duration>,
+) -> Result<Option<Frame>, String> {
+    loop {
+        let item = match timeout {
+            Some(t) => match tokio::time::timeout(t, reader.next()).await {
+                Ok(item) => item,
+                Err(_) => {
+                    return Err(format!(
+                        "no heart-beat or frame from the client within {} ms",
+                        t.as_millis()
+                    ));
+                }
+            },
+            None => reader.next().await,
+        };
+        match item {
+            None => return Ok(None),
+            Some(Ok(Item::HeartBeat)) => continue,
+            Some(Ok(Item::Frame(f))) => return Ok(Some(f)),
+            Some(Err(e)) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Returns (how often we must send, how long the client may stay silent).
+fn negotiate_heartbeat(header: Option<&str>, ours_ms: u32) -> (Option<Duration>, Option<Duration>) {
+    let (cx, cy) = header
+        .and_then(|h| h.split_once(','))
+        .map(|(a, b)| {
+            (
+                a.trim().parse::<u64>().unwrap_or(0),
+                b.trim().parse::<u64>().unwrap_or(0),
+            )
+        })
+        .unwrap_or((0, 0));
+    let ours = ours_ms as u64;
+    let send = (ours > 0 && cy > 0).then(|| Duration::from_millis(ours.max(cy)));
+    let expect = (ours > 0 && cx > 0).then(|| Duration::from_millis(ours.max(cx)));
+    (send, expect)
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut sink: FramedWrite<W, StompCodec>,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    heartbeat: Option<Duration>,
+    acked: mpsc::UnboundedSender<AutoAckNote>,
+) {
+    let mut written_auto = Vec::new();
+    loop {
+        let next = match heartbeat {
+            Some(every) => match tokio::time::timeout(every, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    if sink.send(Item::HeartBeat).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(mut out) = next else { return };
+        // Write everything queued, then flush once.
+        loop {
+            let ok = match out {
+                Out::Frame(f) => sink.feed(Item::Frame(f)).await.is_ok(),
+                Out::AutoAck(f, note) => {
+                    written_auto.push(note);
+                    sink.feed(Item::Frame(f)).await.is_ok()
+                }
+                Out::Close => {
+                    let _ = SinkExt::<Item>::flush(&mut sink).await;
+                    let _ = sink.get_mut().shutdown().await;
+                    return;
+                }
+            };
+            if !ok {
+                return;
+            }
+            match rx.try_recv() {
+                Ok(o) => out = o,
+                Err(_) => break,
+            }
+        }
+        if SinkExt::<Item>::flush(&mut sink).await.is_err() {
+            return;
+        }
+        for note in written_auto.drain(..) {
+            let _ = acked.send(note);
+        }
+    }
+}
+
+use tokio::io::AsyncWriteExt;
+
+fn error_frame(message: &str, detail: &str, receipt: Option<&str>) -> Frame {
+    let one_line: String = message.replace(['\n', '\r'], " ");
+    let mut f = Frame::new(Command::Error).with_header("message", one_line);
+    if let Some(r) = receipt {
+        f.push_header("receipt-id", r);
+    }
+    let body = if detail.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{message}\n\n{detail}")
+    };
+    f.push_header("content-type", "text/plain");
+    f.with_body(body.into_bytes())
+}
+
+fn receipt_frame(id: &str) -> Frame {
+    Frame::new(Command::Receipt).with_header("receipt-id", id)
+}
+
+fn ready(result: Result<UnitOutcome, WriteError>, then: Then, receipt: Option<String>) -> Pending {
+    Box::pin(async move {
+        Completion {
+            result,
+            then,
+            receipt,
+        }
+    })
+}
+
+fn ok_unit() -> UnitOutcome {
+    UnitOutcome::Committed {
+        inserted: vec![],
+        lost_acks: vec![],
+        lost_releases: vec![],
+    }
+}
+
+impl Session {
+    fn send_frame(&self, f: Frame) {
+        let _ = self.out.send(Out::Frame(f));
+    }
+
+    fn send_end(&self, end: End) {
+        if let End::Error {
+            message,
+            detail,
+            receipt,
+        } = end
+        {
+            self.send_frame(error_frame(&message, &detail, receipt.as_deref()));
+        }
+    }
+
+    /// Queues a write; its completion is handled in frame order.
+    fn wait_for(&mut self, unit: Unit, then: Then, receipt: Option<String>) {
+        let rx = self.engine.submit(self.conn, unit);
+        self.pending.push_back(Box::pin(async move {
+            let result = rx
+                .await
+                .unwrap_or_else(|_| Err(WriteError::Failed("the broker is shutting down".into())));
+            Completion {
+                result,
+                then,
+                receipt,
+            }
+        }));
+    }
+
+    /// A frame's answer that needs no write, kept in order behind earlier writes.
+    fn answer(&mut self, receipt: Option<&str>) {
+        if let Some(r) = receipt {
+            self.pending
+                .push_back(ready(Ok(ok_unit()), Then::Nothing, Some(r.to_owned())));
+        }
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Option<End> {
+        let receipt = frame.header("receipt").map(str::to_owned);
+        let r = receipt.as_deref();
+        match frame.command {
+            Command::Send => self.on_send(&frame).await,
+            Command::Subscribe => self.on_subscribe(&frame).await,
+            Command::Unsubscribe => self.on_unsubscribe(&frame),
+            Command::Ack | Command::Nack => self.on_settle(&frame).await,
+            Command::Begin => {
+                let Some(tx) = frame.header("transaction") else {
+                    return Some(End::error("BEGIN needs a transaction header", r));
+                };
+                if self.transactions.contains_key(tx) {
+                    return Some(End::error(format!("transaction {tx} is already open"), r));
+                }
+                if self.transactions.len() >= self.engine.config().max_open_transactions {
+                    return Some(End::error(
+                        format!(
+                            "too many open transactions on this connection (limit {}): commit or abort one first",
+                            self.engine.config().max_open_transactions
+                        ),
+                        r,
+                    ));
+                }
+                self.transactions
+                    .insert(tx.to_owned(), Transaction::default());
+                self.answer(r);
+                None
+            }
+            Command::Commit => self.on_commit(&frame).await,
+            Command::Abort => {
+                let Some(tx_id) = frame.header("transaction") else {
+                    return Some(End::error("ABORT needs a transaction header", r));
+                };
+                let Some(tx) = self.transactions.remove(tx_id) else {
+                    return Some(End::error(
+                        format!("transaction {tx_id} is not open on this connection"),
+                        r,
+                    ));
+                };
+                self.abort(tx, receipt).await;
+                None
+            }
+            Command::Disconnect => {
+                // Earlier frames' receipts first, then this one.
+                while let Some(done) = self.pending.next().await {
+                    if let Some(e) = self.complete(done) {
+                        return Some(e);
+                    }
+                }
+                self.teardown().await;
+                if let Some(r) = r {
+                    self.send_frame(receipt_frame(r));
+                }
+                Some(End::Quiet)
+            }
+            Command::Connect | Command::Stomp => Some(End::error(
+                "already connected: CONNECT may only be sent once",
+                r,
+            )),
+            other => Some(End::error(
+                format!(
+                    "{} is a server frame; a client may not send it",
+                    other.as_str()
+                ),
+                r,
+            )),
+        }
+    }
+
+    async fn on_send(&mut self, frame: &Frame) -> Option<End> {
+        let receipt = frame.header("receipt").map(str::to_owned);
+        let req = match parse_send(frame, self.user.as_deref(), postbus_model::now_ms()) {
+            Ok(req) => req,
+            Err(e) => return Some(End::error(e, receipt.as_deref())),
+        };
+        if req.destination.kind != DestinationKind::Queue {
+            return Some(End::error(
+                format!(
+                    "{} destinations are not supported by this broker version: send to /queue/NAME",
+                    req.destination.kind.as_str()
+                ),
+                receipt.as_deref(),
+            ));
+        }
+        let queue = match self.engine.resolve_send_target(&req.destination).await {
+            Ok(q) => q,
+            Err(e) => return Some(End::error(e.to_string(), receipt.as_deref())),
+        };
+        let row = InsertRow {
+            queue_id: queue.id,
+            dedup_window_ms: queue.settings.dedup_window_ms,
+            message: req.message,
+        };
+        if let Some(tx_id) = req.transaction {
+            let limit = self.engine.config().max_transaction_operations;
+            let Some(tx) = self.transactions.get_mut(&tx_id) else {
+                return Some(End::error(
+                    format!("transaction {tx_id} is not open: send BEGIN first"),
+                    receipt.as_deref(),
+                ));
+            };
+            if tx.operations >= limit {
+                return Some(End::error(
+                    format!(
+                        "transaction {tx_id} has reached the limit of {limit} operations: commit it and start another"
+                    ),
+                    receipt.as_deref(),
+                ));
+            }
+            tx.operations += 1;
+            tx.inserts.push(row);
+            self.answer(receipt.as_deref());
+            return None;
+        }
+        self.wait_for(
+            Unit {
+                inserts: vec![row],
+                ..Default::default()
+            },
+            Then::Send,
+            receipt,
+        );
+        None
+    }
+
+    async fn on_subscribe(&mut self, frame: &Frame) -> Option<End> {
+        let r = frame.header("receipt");
+        let Some(dest) = frame.header("destination") else {
+            return Some(End::error("SUBSCRIBE needs a destination header", r));
+        };
+        let id = match (frame.header("id"), self.version) {
+            (Some(id), _) => id.to_owned(),
+            (None, Version::V1_2) => {
+                return Some(End::error("SUBSCRIBE needs an id header (STOMP 1.2)", r));
+            }
+            (None, _) => dest.to_owned(),
+        };
+        if self.subs.contains_key(&id) {
+            return Some(End::error(
+                format!("subscription id {id} is already in use on this connection"),
+                r,
+            ));
+        }
+        let max_subs = self.engine.config().max_subscriptions_per_connection;
+        if self.subs.len() >= max_subs {
+            return Some(End::error(
+                format!("too many subscriptions on this connection (limit {max_subs})"),
+                r,
+            ));
+        }
+        let ack = match frame.header("ack").map(AckMode::parse) {
+            None => AckMode::Auto,
+            Some(Some(a)) => a,
+            Some(None) => {
+                return Some(End::error(
+                    format!(
+                        "ack:{} is not valid: use auto, client or client-individual",
+                        frame.header("ack").unwrap_or("")
+                    ),
+                    r,
+                ));
+            }
+        };
+        let destination = match postbus_model::Destination::parse_stomp(dest) {
+            Ok(d) => d,
+            Err(e) => return Some(End::error(e.to_string(), r)),
+        };
+        if destination.kind != DestinationKind::Queue {
+            return Some(End::error(
+                format!(
+                    "{} subscriptions are not supported by this broker version: subscribe to /queue/NAME",
+                    destination.kind.as_str()
+                ),
+                r,
+            ));
+        }
+        if frame
+            .header("selector")
+            .is_some_and(|s| !s.trim().is_empty())
+        {
+            return Some(End::error(
+                "message selectors are not supported by this broker version",
+                r,
+            ));
+        }
+        if frame.header("browse").is_some_and(|b| b == "true") {
+            return Some(End::error(
+                "browse subscriptions are not supported by this broker version",
+                r,
+            ));
+        }
+        let prefetch_header = frame
+            .header("prefetch")
+            .or_else(|| frame.header("activemq.prefetchSize"))
+            .or_else(|| frame.header("prefetch-count"));
+        let prefetch = match prefetch_header {
+            None => self.engine.config().default_prefetch,
+            Some(p) => match p.parse::<u32>() {
+                Ok(n) if n >= 1 && n <= self.engine.config().max_prefetch => n,
+                _ => {
+                    return Some(End::error(
+                        format!(
+                            "prefetch:{p} is not valid: use an integer from 1 to {}",
+                            self.engine.config().max_prefetch
+                        ),
+                        r,
+                    ));
+                }
+            },
+        };
+        let exclusive = frame
+            .header("exclusive")
+            .or_else(|| frame.header("activemq.exclusive"))
+            == Some("true");
+        let queue = match self
+            .engine
+            .queue(&destination.name, self.engine.config().auto_create_queues)
+            .await
+        {
+            Ok(q) => q,
+            Err(e) => return Some(End::error(e.to_string(), r)),
+        };
+        let consumer = self.engine.next_id();
+        queue.add_consumer(ConsumerSpec {
+            id: consumer,
+            subscription: Arc::from(id.as_str()),
+            prefetch,
+            exclusive,
+            events: self.events_tx.clone(),
+        });
+        self.engine.ensure_dispatcher(&queue);
+        self.subs.insert(
+            id,
+            Subscription {
+                queue,
+                consumer,
+                ack,
+            },
+        );
+        self.answer(r);
+        None
+    }
+
+    fn on_unsubscribe(&mut self, frame: &Frame) -> Option<End> {
+        let r = frame.header("receipt");
+        let id = frame.header("id").or_else(|| frame.header("destination"));
+        let Some(sub) = id.and_then(|id| self.subs.remove(id)) else {
+            return Some(End::error(
+                format!(
+                    "UNSUBSCRIBE: no subscription with id {:?} on this connection",
+                    id.unwrap_or("")
+                ),
+                r,
+            ));
+        };
+        self.remove_consumer(sub, r.map(str::to_owned));
+        None
+    }
+
+    /// Removes a consumer from its queue and gives back what was in flight to it.
+    fn remove_consumer(&mut self, sub: Subscription, receipt: Option<String>) {
+        let (returned, pending) = sub.queue.remove_consumer(sub.consumer);
+        self.delivered
+            .retain(|id, _| !returned.iter().any(|f| f.id == *id));
+        if returned.is_empty() && pending.is_empty() {
+            if let Some(r) = receipt {
+                self.pending
+                    .push_back(ready(Ok(ok_unit()), Then::Nothing, Some(r)));
+            }
+            return;
+        }
+        let queue = sub.queue.clone();
+        let engine = self.engine.clone();
+        let conn = self.conn;
+        self.pending.push_back(Box::pin(async move {
+            let mut releases = Vec::with_capacity(returned.len() + pending.len());
+            for f in &returned {
+                releases.push(
+                    engine
+                        .redelivery(
+                            &queue,
+                            f.id,
+                            f.delivery_count,
+                            "consumer closed without acknowledging",
+                            None,
+                        )
+                        .await,
+                );
+            }
+            releases.extend(pending.iter().map(|id| ReleaseRow {
+                id: *id,
+                increment: 0,
+                ..Default::default()
+            }));
+            let result = engine
+                .write(
+                    conn,
+                    Unit {
+                        releases,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            queue.release_done();
+            Completion {
+                result,
+                then: Then::Nothing,
+                receipt,
+            }
+        }));
+    }
+
+    async fn on_settle(&mut self, frame: &Frame) -> Option<End> {
+        let r = frame.header("receipt").map(str::to_owned);
+        let is_ack = frame.command == Command::Ack;
+        let verb = if is_ack { "ACK" } else { "NACK" };
+        let id_text = match self.version {
+            Version::V1_2 => frame.header("id"),
+            _ => frame.header("message-id").or_else(|| frame.header("id")),
+        };
+        let Some(id_text) = id_text else {
+            return Some(End::error(
+                format!("{verb} needs an id header (the MESSAGE's ack header)"),
+                r.as_deref(),
+            ));
+        };
+        let Some(id) = postbus_model::MessageId::parse(id_text).map(|m| m.0) else {
+            return Some(End::error(
+                format!("{verb} id:{id_text} is not a message this broker delivered"),
+                r.as_deref(),
+            ));
+        };
+        let Some(sub_id) = self.delivered.get(&id).cloned() else {
+            return Some(End::error(
+                format!(
+                    "{verb} of {id_text}: that message is not in flight to this connection (already acknowledged, or never delivered here)"
+                ),
+                r.as_deref(),
+            ));
+        };
+        let Some(sub) = self.subs.get(&sub_id) else {
+            return Some(End::error(
+                format!("{verb} of {id_text}: its subscription was closed"),
+                r.as_deref(),
+            ));
+        };
+        let cumulative = sub.ack == AckMode::Client;
+        let (queue, consumer) = (sub.queue.clone(), sub.consumer);
+        let covered = match queue.begin_settle(consumer, id, cumulative) {
+            Ok(c) => c,
+            Err(e) => return Some(End::error(format!("{verb}: {e}"), r.as_deref())),
+        };
+        let ids: Vec<i64> = covered.iter().map(|f| f.id).collect();
+        if let Some(tx_id) = frame.header("transaction") {
+            let limit = self.engine.config().max_transaction_operations;
+            let Some(tx) = self.transactions.get_mut(tx_id) else {
+                queue.finish_settle(consumer, &ids, Settled::Failed);
+                return Some(End::error(
+                    format!("transaction {tx_id} is not open: send BEGIN first"),
+                    r.as_deref(),
+                ));
+            };
+            if tx.operations >= limit {
+                queue.finish_settle(consumer, &ids, Settled::Failed);
+                return Some(End::error(
+                    format!(
+                        "transaction {tx_id} has reached the limit of {limit} operations: commit it and start another"
+                    ),
+                    r.as_deref(),
+                ));
+            }
+            tx.operations += 1;
+            tx.acks.push((queue, consumer, covered, is_ack));
+            self.answer(r.as_deref());
+            return None;
+        }
+        let unit = if is_ack {
+            Unit {
+                acks: ids.clone(),
+                ..Default::default()
+            }
+        } else {
+            let requeue = frame.header("requeue") != Some("false");
+            let error = frame
+                .header("error")
+                .or_else(|| frame.header("message"))
+                .map(str::to_owned);
+            let mut releases = Vec::with_capacity(covered.len());
+            for f in &covered {
+                let mut row = self
+                    .engine
+                    .redelivery(
+                        &queue,
+                        f.id,
+                        f.delivery_count,
+                        "negatively acknowledged",
+                        error.clone(),
+                    )
+                    .await;
+                if !requeue && row.dead_letter.is_none() {
+                    if let Ok(dlq) = self.engine.dead_letter_queue_id(&queue).await {
+                        row = ReleaseRow {
+                            id: f.id,
+                            increment: 1,
+                            dead_letter: Some(dlq),
+                            reason: Some("rejected by the consumer (NACK requeue:false)".into()),
+                            origin: Some(format!("/queue/{}", queue.name)),
+                            last_error: error.clone(),
+                            ready_at: None,
+                        };
+                    }
+                }
+                releases.push(row);
+            }
+            Unit {
+                releases,
+                ..Default::default()
+            }
+        };
+        let then = if is_ack {
+            Then::Settle(vec![(queue, consumer, ids)])
+        } else {
+            Then::Released(vec![(queue, consumer, ids)])
+        };
+        if let Then::Released(v) = &then {
+            for (q, _, _) in v {
+                q.begin_release();
+            }
+        }
+        self.wait_for(unit, then, r);
+        None
+    }
+
+    async fn on_commit(&mut self, frame: &Frame) -> Option<End> {
+        let r = frame.header("receipt").map(str::to_owned);
+        let Some(tx_id) = frame.header("transaction").map(str::to_owned) else {
+            return Some(End::error(
+                "COMMIT needs a transaction header",
+                r.as_deref(),
+            ));
+        };
+        let Some(tx) = self.transactions.remove(&tx_id) else {
+            // A COMMIT repeated after a reconnect: answer from the record.
+            if let Some(client) = &self.client_id {
+                match self
+                    .engine
+                    .store()
+                    .client_tx_committed(client, &tx_id)
+                    .await
+                {
+                    Ok(true) => {
+                        self.answer(r.as_deref());
+                        return None;
+                    }
+                    Ok(false) => {
+                        return Some(End::Error {
+                            message: format!("transaction {tx_id} was not committed"),
+                            detail: "it is not open on this connection and no commit of it is on record: if its connection broke before COMMIT was answered, its work was discarded; send it again".into(),
+                            receipt: r,
+                        });
+                    }
+                    Err(e) => {
+                        return Some(End::error(
+                            format!("cannot check transaction {tx_id}: {e}"),
+                            r.as_deref(),
+                        ));
+                    }
+                }
+            }
+            return Some(End::error(
+                format!(
+                    "transaction {tx_id} is not open on this connection (connect with a client-id to retry commits across connections)"
+                ),
+                r.as_deref(),
+            ));
+        };
+        let mut unit = Unit {
+            inserts: tx.inserts,
+            atomic: true,
+            ..Default::default()
+        };
+        let mut settled = Vec::new();
+        for (queue, consumer, covered, is_ack) in tx.acks {
+            let ids: Vec<i64> = covered.iter().map(|f| f.id).collect();
+            if is_ack {
+                unit.acks.extend(&ids);
+            } else {
+                for f in &covered {
+                    unit.releases.push(
+                        self.engine
+                            .redelivery(
+                                &queue,
+                                f.id,
+                                f.delivery_count,
+                                "negatively acknowledged",
+                                None,
+                            )
+                            .await,
+                    );
+                }
+            }
+            settled.push((queue, consumer, ids));
+        }
+        if let Some(client) = &self.client_id {
+            unit.client_tx = Some((client.clone(), tx_id.clone()));
+        }
+        self.wait_for(unit, Then::Commit(settled), r);
+        None
+    }
+
+    /// Discards a transaction's sends and returns its acked messages for redelivery.
+    async fn abort(&mut self, tx: Transaction, receipt: Option<String>) {
+        if tx.acks.is_empty() {
+            if let Some(r) = receipt {
+                self.pending
+                    .push_back(ready(Ok(ok_unit()), Then::Nothing, Some(r)));
+            }
+            return;
+        }
+        let mut releases = Vec::new();
+        let mut settled = Vec::new();
+        for (queue, consumer, covered, _) in tx.acks {
+            for f in &covered {
+                releases.push(
+                    self.engine
+                        .redelivery(
+                            &queue,
+                            f.id,
+                            f.delivery_count,
+                            "transaction rolled back",
+                            None,
+                        )
+                        .await,
+                );
+            }
+            queue.begin_release();
+            settled.push((queue, consumer, covered.iter().map(|f| f.id).collect()));
+        }
+        self.wait_for(
+            Unit {
+                releases,
+                ..Default::default()
+            },
+            Then::Released(settled),
+            receipt,
+        );
+    }
+
+    /// Handles a completed write, in frame order. Returns an End when the connection must close.
+    fn complete(&mut self, done: Completion) -> Option<End> {
+        let receipt = done.receipt.clone();
+        let failure = self.settle_only_inner(&done);
+        if let Some(message) = failure {
+            return Some(End::Error {
+                message,
+                detail: String::new(),
+                receipt,
+            });
+        }
+        if let Some(r) = receipt {
+            let mut f = receipt_frame(&r);
+            if let (Then::Send, Ok(UnitOutcome::Committed { inserted, .. })) =
+                (&done.then, &done.result)
+            {
+                match inserted.first() {
+                    Some(InsertOutcome::Stored(id)) => f.push_header("message-id", id.to_string()),
+                    Some(InsertOutcome::Duplicate(id)) => {
+                        f.push_header("duplicate", "true");
+                        if let Some(id) = id {
+                            f.push_header("message-id", id.to_string());
+                        }
+                    }
+                    None => {}
+                }
+            }
+            self.send_frame(f);
+        }
+        None
+    }
+
+    fn settle_only(&mut self, done: Completion) {
+        let _ = self.settle_only_inner(&done);
+    }
+
+    /// Applies a completed write to the queues' bookkeeping; returns an error message if the
+    /// client must be told it failed.
+    fn settle_only_inner(&mut self, done: &Completion) -> Option<String> {
+        let (ok, message, lost): (bool, Option<String>, Vec<i64>) = match &done.result {
+            Ok(UnitOutcome::Committed {
+                lost_acks,
+                lost_releases,
+                ..
+            }) => {
+                let lost: Vec<i64> = lost_acks.iter().chain(lost_releases).copied().collect();
+                let msg = (!lost.is_empty()).then(|| {
+                    format!(
+                        "acknowledgement not applied: message(s) {} are no longer held by this broker (the node's lease lapsed); they will be redelivered",
+                        lost.iter().map(|i| format!("ID:{i}")).collect::<Vec<_>>().join(",")
+                    )
+                });
+                (true, msg, lost)
+            }
+            Ok(UnitOutcome::AlreadyCommitted) => (true, None, vec![]),
+            Ok(UnitOutcome::Rejected(why)) => (false, Some(why.clone()), vec![]),
+            Err(WriteError::Unknown(m)) => (
+                false,
+                Some(format!(
+                    "the outcome of this write is unknown ({m}); with a client-id, retry the COMMIT to learn it, or resend with a dedup-id"
+                )),
+                vec![],
+            ),
+            Err(WriteError::Failed(m)) => (
+                false,
+                Some(format!(
+                    "not written: {m}; nothing was committed, send it again"
+                )),
+                vec![],
+            ),
+        };
+        let _ = lost;
+        match &done.then {
+            Then::Nothing | Then::Send => {}
+            Then::Settle(list) | Then::Commit(list) => {
+                for (queue, consumer, ids) in list {
+                    if ok {
+                        for id in ids {
+                            self.delivered.remove(id);
+                        }
+                    }
+                    queue.finish_settle(
+                        *consumer,
+                        ids,
+                        if ok { Settled::Done } else { Settled::Failed },
+                    );
+                }
+            }
+            Then::Released(list) => {
+                for (queue, consumer, ids) in list {
+                    if ok {
+                        for id in ids {
+                            self.delivered.remove(id);
+                        }
+                    }
+                    queue.finish_settle(
+                        *consumer,
+                        ids,
+                        if ok { Settled::Done } else { Settled::Failed },
+                    );
+                    queue.release_done();
+                }
+            }
+        }
+        message
+    }
+
+    fn deliver(&mut self, event: SessionEvent) {
+        let SessionEvent::Deliver(d) = event;
+        let Some(sub) = self.subs.get(d.subscription.as_ref()) else {
+            return;
+        };
+        if sub.consumer != d.consumer {
+            return;
+        }
+        let frame = message_frame(&d.message, &d.queue.name, &d.subscription);
+        let id = d.message.id.0;
+        if sub.ack == AckMode::Auto {
+            let note = AutoAckNote {
+                queue: d.queue.clone(),
+                consumer: d.consumer,
+                id,
+            };
+            let _ = self.out.send(Out::AutoAck(frame, note));
+        } else {
+            self.delivered.insert(id, d.subscription.to_string());
+            self.send_frame(frame);
+        }
+    }
+
+    /// An auto-ack MESSAGE was written: acknowledge it.
+    fn auto_ack(&mut self, note: AutoAckNote) {
+        if note
+            .queue
+            .begin_settle(note.consumer, note.id, false)
+            .is_err()
+        {
+            return;
+        }
+        let then = Then::Settle(vec![(note.queue, note.consumer, vec![note.id])]);
+        self.wait_for(
+            Unit {
+                acks: vec![note.id],
+                ..Default::default()
+            },
+            then,
+            None,
+        );
+    }
+
+    /// Ends everything the connection holds: open transactions are rolled back (their acked
+    /// messages go back), consumers are removed (their in-flight messages go back).
+    async fn teardown(&mut self) {
+        let txs: Vec<Transaction> = self.transactions.drain().map(|(_, t)| t).collect();
+        for tx in txs {
+            self.abort(tx, None).await;
+        }
+        let subs: Vec<Subscription> = self.subs.drain().map(|(_, s)| s).collect();
+        for sub in subs {
+            self.remove_consumer(sub, None);
+        }
+        while let Some(done) = self.pending.next().await {
+            self.settle_only(done);
+        }
+    }
+}
+
+/// Builds the MESSAGE frame for a delivery (header mapping of docs/stomp.md).
+pub fn message_frame(m: &StoredMessage, queue: &str, subscription: &str) -> Frame {
+    let id = m.id.to_string();
+    let mut f = Frame::new(Command::Message)
+        .with_header("subscription", subscription)
+        .with_header("message-id", id.clone())
+        .with_header("destination", format!("/queue/{queue}"))
+        .with_header("ack", id);
+    if let Some(ct) = &m.content_type {
+        f.push_header("content-type", ct.clone());
+    }
+    f.push_header("persistent", if m.persistent { "true" } else { "false" });
+    f.push_header("priority", m.priority.to_string());
+    f.push_header("timestamp", m.sent_at.to_string());
+    f.push_header("expires", m.expires_at.to_string());
+    f.push_header(
+        "redelivered",
+        if m.delivery_count > 0 {
+            "true"
+        } else {
+            "false"
+        },
+    );
+    f.push_header("JMSXDeliveryCount", (m.delivery_count + 1).to_string());
+    let optional = [
+        ("correlation-id", &m.correlation_id),
+        ("reply-to", &m.reply_to),
+        ("type", &m.jms_type),
+        ("JMSXGroupID", &m.group_id),
+        ("JMSXUserID", &m.user_id),
+        ("traceparent", &m.traceparent),
+        ("tracestate", &m.tracestate),
+        ("dlq-reason", &m.dlq_reason),
+        ("original-destination", &m.original_destination),
+        ("last-error", &m.last_error),
+    ];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            f.push_header(name, v.clone());
+        }
+    }
+    if let Some(seq) = m.group_seq {
+        f.push_header("JMSXGroupSeq", seq.to_string());
+    }
+    for (name, value) in &m.properties.0 {
+        f.push_header(name.clone(), value.to_string());
+    }
+    if let Some(types) = m.properties.types_header() {
+        f.push_header(postbus_model::properties::TYPES_HEADER, types);
+    }
+    f.with_body(m.body.clone())
+}

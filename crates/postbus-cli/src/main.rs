@@ -1,0 +1,2 @@
+//! postbus CLI
+fn main() {}

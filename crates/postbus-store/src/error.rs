@@ -1,0 +1,51 @@
+//! The store's error type.
+
+/// What went wrong talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database configuration: {0}")]
+    Config(String),
+    #[error("database unavailable: {0} (check that PostgreSQL is running and the URL is right)")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error(
+        "the outcome of a commit is unknown: the connection broke during COMMIT and the transaction's status could not be read ({0})"
+    )]
+    UnknownOutcome(String),
+    #[error("migration {version} ({title}) failed: {source}")]
+    Migration {
+        version: i32,
+        title: String,
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "the database schema is at version {found}, newer than this binary knows ({known}): upgrade postbus"
+    )]
+    SchemaTooNew { found: i32, known: i32 },
+    #[error("bad row in the database: {0}")]
+    BadRow(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl StoreError {
+    pub(crate) fn from_pool(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Db(e),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+
+    /// True when the error means the database could not be reached or the connection broke,
+    /// as opposed to a statement being refused.
+    pub fn is_connection_error(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::UnknownOutcome(_) => true,
+            StoreError::Db(e) => e.is_closed() || e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+}

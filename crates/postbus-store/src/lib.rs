@@ -1,0 +1,117 @@
+//! postbus storage: the one place that talks to PostgreSQL.
+//!
+//! Every SQL statement the broker runs is in [`queries`]; the schema itself is in `schema/`
+//! (embedded at build time and applied by [`migrate`]). The write path is batch-shaped: the
+//! engine hands [`Store::write_batch`] the sends, acks and releases of many connections and
+//! they commit in one PostgreSQL transaction (group commit).
+
+mod admin;
+mod batch;
+mod error;
+pub mod migrate;
+mod queries;
+mod read;
+
+pub use admin::{DestinationRow, DestinationStats};
+pub use batch::{InsertOutcome, InsertRow, ReleaseRow, Unit, UnitOutcome, WriteBatch};
+pub use error::StoreError;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+
+/// How to reach PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// A libpq-style URL or key=value string.
+    pub url: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// How long to wait for a connection to be established.
+    pub connect_timeout: Duration,
+}
+
+impl StoreConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreConfig {
+            url: url.into(),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A broker node's id: the fencing token carried by every in-flight claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeId(pub i64);
+
+/// The storage handle: a connection pool and the statements over it.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    config: tokio_postgres::Config,
+}
+
+impl Store {
+    /// Opens a pool to the database. Fails fast with a clear error if the URL is invalid;
+    /// connections themselves are made lazily and checked by [`Store::ping`].
+    pub fn connect(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        let mut pg: tokio_postgres::Config = cfg
+            .url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("invalid database URL: {e}")))?;
+        pg.connect_timeout(cfg.connect_timeout);
+        // A dead database path must be noticed, not waited on forever.
+        pg.keepalives(true);
+        pg.keepalives_idle(Duration::from_secs(10));
+        if pg.get_application_name().is_none() {
+            pg.application_name("postbus");
+        }
+        let manager = Manager::from_config(
+            pg.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(cfg.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))?;
+        Ok(Store { pool, config: pg })
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(StoreError::from_pool)
+    }
+
+    /// A dedicated connection outside the pool (for LISTEN, or for looking up the outcome of a
+    /// commit whose connection broke).
+    pub async fn dedicated_connection(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        ),
+        StoreError,
+    > {
+        Ok(self.config.connect(tokio_postgres::NoTls).await?)
+    }
+
+    /// Pool usage: (connections open, connections idle, max size).
+    pub fn pool_status(&self) -> (usize, usize, usize) {
+        let s = self.pool.status();
+        (s.size, s.available, s.max_size)
+    }
+}

@@ -1,0 +1,147 @@
+//! Every SQL statement of the broker's hot and cold paths, in one place, named for what it does.
+
+/// The columns read back for delivery, in the order [`crate::read::row_to_message`] expects.
+pub const MESSAGE_COLUMNS: &str = "m.id, m.queue_id, m.priority, m.expires_at, m.delivery_count, m.persistent, \
+     m.sent_at, m.group_id, m.group_seq, m.correlation_id, m.reply_to, m.jms_type, m.content_type, \
+     m.user_id, m.traceparent, m.tracestate, m.properties, m.property_types, m.dlq_reason, m.origin, \
+     m.last_error, m.body";
+
+/// Takes `$1` fresh message ids, in increasing order.
+pub const ALLOCATE_IDS: &str =
+    "SELECT nextval('postbus.message_id_seq') FROM generate_series(1, $1::int)";
+
+/// Records dedup ids; a live record with the same id makes the row absent from RETURNING
+/// (a duplicate); an expired one is taken over.
+pub const INSERT_DEDUP: &str = "INSERT INTO postbus.dedup AS d (queue_id, dedup_id, message_id, expires_at) \
+     SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[], $4::bigint[]) \
+     ON CONFLICT (queue_id, dedup_id) DO UPDATE \
+        SET message_id = excluded.message_id, expires_at = excluded.expires_at \
+        WHERE d.expires_at <= $5 \
+     RETURNING queue_id, dedup_id";
+
+/// The message a live dedup record points at.
+pub const FIND_DEDUP: &str = "SELECT queue_id, dedup_id, message_id FROM postbus.dedup \
+     WHERE (queue_id, dedup_id) IN (SELECT * FROM unnest($1::int[], $2::text[]))";
+
+/// The multi-row insert of a batch: one statement for any number of messages.
+pub const INSERT_MESSAGES: &str = "INSERT INTO postbus.messages (id, queue_id, priority, owner, ready_at, expires_at, \
+        persistent, sent_at, group_id, group_seq, correlation_id, reply_to, jms_type, content_type, user_id, \
+        traceparent, tracestate, properties, property_types, body) \
+     SELECT * FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bigint[], \
+        $7::bool[], $8::bigint[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[], $14::text[], \
+        $15::text[], $16::text[], $17::text[], $18::jsonb[], $19::jsonb[], $20::bytea[])";
+
+/// Acks: delete messages this node holds. Rows another node holds (this node's lease lapsed)
+/// are not touched and are missing from RETURNING.
+pub const DELETE_ACKED: &str =
+    "DELETE FROM postbus.messages WHERE id = ANY($2::bigint[]) AND owner = $1 RETURNING id";
+
+/// Returns in-flight messages for redelivery (or moves them to a dead-letter queue).
+pub const RELEASE: &str = "UPDATE postbus.messages m SET owner = NULL, \
+        delivery_count = m.delivery_count + u.increment, \
+        ready_at = u.ready_at, \
+        queue_id = coalesce(u.dead_letter, m.queue_id), \
+        dlq_reason = CASE WHEN u.dead_letter IS NULL THEN m.dlq_reason ELSE u.reason END, \
+        origin = CASE WHEN u.dead_letter IS NULL THEN m.origin ELSE coalesce(m.origin, u.origin) END, \
+        last_error = coalesce(u.last_error, m.last_error) \
+     FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[]) \
+        AS u(id, increment, ready_at, dead_letter, reason, origin, last_error) \
+     WHERE m.id = u.id AND m.owner = $1 \
+     RETURNING m.id";
+
+/// Records a client transaction as committed; a conflict means it was committed before.
+pub const INSERT_CLIENT_TX: &str = "INSERT INTO postbus.client_transactions (client_id, tx_id, committed_at) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING RETURNING client_id, tx_id";
+
+pub const FIND_CLIENT_TX: &str =
+    "SELECT 1 FROM postbus.client_transactions WHERE client_id = $1 AND tx_id = $2";
+
+/// Claims up to `$3` deliverable messages of queue `$2` for node `$1`, best priority first,
+/// then FIFO. A grouped message is claimable only when every earlier message of its group is
+/// already held by this node (so a group never has messages in flight on two nodes, and never
+/// overtakes an earlier message that waits for redelivery). Expired messages are left for the
+/// expiry sweep.
+pub const CLAIM: &str = "UPDATE postbus.messages m SET owner = $1 \
+     FROM (SELECT c.id FROM postbus.messages c \
+           WHERE c.queue_id = $2 AND c.owner IS NULL AND c.ready_at IS NULL \
+             AND (c.expires_at = 0 OR c.expires_at > $4) \
+             AND (c.group_id IS NULL OR NOT EXISTS ( \
+                  SELECT 1 FROM postbus.messages e \
+                  WHERE e.queue_id = c.queue_id AND e.group_id = c.group_id AND e.id < c.id \
+                    AND (e.owner IS DISTINCT FROM $1 OR e.ready_at IS NOT NULL))) \
+           ORDER BY c.priority DESC, c.id \
+           LIMIT $3 \
+           FOR UPDATE SKIP LOCKED) s \
+     WHERE m.id = s.id \
+     RETURNING ";
+
+/// Scheduled and delayed messages whose time has come become deliverable.
+pub const PROMOTE_SCHEDULED: &str = "WITH p AS (UPDATE postbus.messages SET ready_at = NULL \
+        WHERE ready_at IS NOT NULL AND ready_at <= $1 RETURNING queue_id) \
+     SELECT DISTINCT queue_id FROM p";
+
+/// The next time a scheduled message becomes deliverable.
+pub const NEXT_SCHEDULED: &str =
+    "SELECT min(ready_at) FROM postbus.messages WHERE ready_at IS NOT NULL";
+
+/// Expired messages nobody holds, a bounded number at a time.
+pub const EXPIRED: &str = "SELECT m.id, m.queue_id, d.expiry_queue, d.name FROM postbus.messages m \
+     JOIN postbus.destinations d ON d.id = m.queue_id \
+     WHERE m.expires_at > 0 AND m.expires_at <= $1 AND m.owner IS NULL \
+     ORDER BY m.expires_at LIMIT $2 FOR UPDATE OF m SKIP LOCKED";
+
+pub const DELETE_BY_IDS: &str =
+    "DELETE FROM postbus.messages WHERE id = ANY($1::bigint[]) AND owner IS NULL";
+
+pub const MOVE_EXPIRED: &str = "UPDATE postbus.messages SET queue_id = $2, expires_at = 0, \
+        dlq_reason = 'expired', origin = coalesce(origin, $3) \
+     WHERE id = ANY($1::bigint[]) AND owner IS NULL";
+
+pub const SWEEP_DEDUP: &str = "DELETE FROM postbus.dedup WHERE expires_at <= $1";
+pub const SWEEP_CLIENT_TX: &str =
+    "DELETE FROM postbus.client_transactions WHERE committed_at <= $1";
+
+pub const REGISTER_NODE: &str = "INSERT INTO postbus.nodes (name, hostname, pid, lease_ms) VALUES ($1, $2, $3, $4) RETURNING id";
+
+/// A live node renews its lease; no row means it was declared dead and must stop acting.
+pub const HEARTBEAT: &str = "UPDATE postbus.nodes SET heartbeat_at = now() WHERE id = $1";
+
+/// Declares dead the nodes whose lease ran out, and earlier incarnations of this node's name,
+/// and returns their in-flight messages (and any whose owner is unknown) for redelivery.
+pub const REAP_NODES: &str = "WITH dead AS ( \
+        DELETE FROM postbus.nodes \
+        WHERE id <> $1 AND (heartbeat_at < now() - make_interval(secs => lease_ms / 1000.0) OR name = $2) \
+        RETURNING id), \
+     released AS ( \
+        UPDATE postbus.messages SET owner = NULL, delivery_count = delivery_count + 1 \
+        WHERE owner IS NOT NULL AND (owner IN (SELECT id FROM dead) \
+              OR owner NOT IN (SELECT id FROM postbus.nodes)) \
+        RETURNING queue_id) \
+     SELECT DISTINCT queue_id FROM released";
+
+pub const DEREGISTER_NODE: &str = "WITH gone AS (DELETE FROM postbus.nodes WHERE id = $1 RETURNING id) \
+     UPDATE postbus.messages SET owner = NULL, delivery_count = delivery_count + 1 \
+     WHERE owner IN (SELECT id FROM gone)";
+
+pub const DESTINATION_COLUMNS: &str = "id, kind, name, max_deliveries, redelivery_delay_ms, redelivery_backoff, \
+     redelivery_max_delay_ms, dead_letter_queue, expiry_queue, dedup_window_ms, exclusive, auto_created";
+
+pub const INSERT_DESTINATION: &str = "INSERT INTO postbus.destinations (kind, name, max_deliveries, \
+        redelivery_delay_ms, redelivery_backoff, redelivery_max_delay_ms, dead_letter_queue, expiry_queue, \
+        dedup_window_ms, exclusive, auto_created) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (kind, name) DO NOTHING";
+
+/// Per-destination depth by state. Uses the partial indexes; meant for admin calls, not for
+/// every metrics scrape over a deep queue.
+pub const DESTINATION_STATS: &str = "SELECT d.id, d.kind, d.name, \
+        count(m.id) FILTER (WHERE m.owner IS NULL AND m.ready_at IS NULL) AS ready, \
+        count(m.id) FILTER (WHERE m.owner IS NOT NULL) AS in_flight, \
+        count(m.id) FILTER (WHERE m.ready_at IS NOT NULL) AS scheduled, \
+        min(m.sent_at) FILTER (WHERE m.owner IS NULL AND m.ready_at IS NULL) AS oldest_ready \
+     FROM postbus.destinations d LEFT JOIN postbus.messages m ON m.queue_id = d.id \
+     GROUP BY d.id ORDER BY d.kind, d.name";
+
+pub const PURGE: &str = "DELETE FROM postbus.messages WHERE queue_id = $1 AND owner IS NULL";
+pub const COUNT_MESSAGES: &str = "SELECT count(*) FROM postbus.messages WHERE queue_id = $1";
+pub const DELETE_DESTINATION_DEDUP: &str = "DELETE FROM postbus.dedup WHERE queue_id = $1";
+pub const DELETE_DESTINATION: &str = "DELETE FROM postbus.destinations WHERE id = $1";

@@ -1,0 +1,199 @@
+//! The read side: claiming messages for delivery, the scheduler, sweeps, and node leases.
+
+use postbus_model::{MessageId, Properties, StoredMessage};
+use tokio_postgres::Row;
+
+use crate::{NodeId, Store, StoreError, queries};
+
+/// Builds a delivered message from a row selected with [`queries::MESSAGE_COLUMNS`].
+pub(crate) fn row_to_message(row: &Row) -> Result<StoredMessage, StoreError> {
+    let props: Option<serde_json::Value> = row.get(16);
+    let types: Option<serde_json::Value> = row.get(17);
+    let properties =
+        Properties::from_json(props.as_ref(), types.as_ref()).map_err(StoreError::BadRow)?;
+    let body: Vec<u8> = row.get(21);
+    Ok(StoredMessage {
+        id: MessageId(row.get(0)),
+        queue_id: row.get(1),
+        priority: row.get(2),
+        expires_at: row.get(3),
+        delivery_count: row.get(4),
+        persistent: row.get(5),
+        sent_at: row.get(6),
+        group_id: row.get(7),
+        group_seq: row.get(8),
+        correlation_id: row.get(9),
+        reply_to: row.get(10),
+        jms_type: row.get(11),
+        content_type: row.get(12),
+        user_id: row.get(13),
+        traceparent: row.get(14),
+        tracestate: row.get(15),
+        properties,
+        dlq_reason: row.get(18),
+        original_destination: row.get(19),
+        last_error: row.get(20),
+        body: body.into(),
+    })
+}
+
+/// One expired message found by the sweep.
+#[derive(Clone, Debug)]
+pub struct ExpiredMessage {
+    pub id: i64,
+    pub queue_id: i32,
+    pub expiry_queue: Option<String>,
+    pub queue_name: String,
+}
+
+impl Store {
+    /// Claims up to `limit` deliverable messages of a queue for `node`, best priority first,
+    /// then in id order (the order they are returned in).
+    pub async fn claim(
+        &self,
+        node: NodeId,
+        queue_id: i32,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("{}{}", queries::CLAIM, queries::MESSAGE_COLUMNS);
+        let stmt = client.prepare_cached(&sql).await?;
+        let now = postbus_model::now_ms();
+        let rows = client
+            .query(&stmt, &[&node.0, &queue_id, &limit, &now])
+            .await?;
+        let mut out = rows
+            .iter()
+            .map(row_to_message)
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING order is not guaranteed: restore priority-then-FIFO order.
+        out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Makes scheduled messages whose time has come deliverable; returns the queues touched.
+    pub async fn promote_scheduled(&self) -> Result<Vec<i32>, StoreError> {
+        let client = self.client().await?;
+        let now = postbus_model::now_ms();
+        let rows = client.query(queries::PROMOTE_SCHEDULED, &[&now]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The epoch ms at which the next scheduled message becomes deliverable.
+    pub async fn next_scheduled(&self) -> Result<Option<i64>, StoreError> {
+        let client = self.client().await?;
+        Ok(client.query_one(queries::NEXT_SCHEDULED, &[]).await?.get(0))
+    }
+
+    /// Removes (or moves to their expiry queue) up to `limit` expired messages nobody holds.
+    /// `expiry_queue_id` resolves an expiry-queue name to a queue id (creating it if needed).
+    pub async fn sweep_expired<F>(
+        &self,
+        limit: i64,
+        mut expiry_queue_id: F,
+    ) -> Result<Vec<ExpiredMessage>, StoreError>
+    where
+        F: AsyncFnMut(&str) -> Result<i32, StoreError>,
+    {
+        let mut client = self.client().await?;
+        let now = postbus_model::now_ms();
+        let tx = client.transaction().await?;
+        let found: Vec<ExpiredMessage> = tx
+            .query(queries::EXPIRED, &[&now, &limit])
+            .await?
+            .iter()
+            .map(|r| ExpiredMessage {
+                id: r.get(0),
+                queue_id: r.get(1),
+                expiry_queue: r.get(2),
+                queue_name: r.get(3),
+            })
+            .collect();
+        let drop_ids: Vec<i64> = found
+            .iter()
+            .filter(|m| m.expiry_queue.is_none())
+            .map(|m| m.id)
+            .collect();
+        if !drop_ids.is_empty() {
+            tx.execute(queries::DELETE_BY_IDS, &[&drop_ids]).await?;
+        }
+        let mut by_target: std::collections::BTreeMap<(String, String), Vec<i64>> =
+            Default::default();
+        for m in found.iter().filter(|m| m.expiry_queue.is_some()) {
+            by_target
+                .entry((
+                    m.expiry_queue.clone().unwrap_or_default(),
+                    m.queue_name.clone(),
+                ))
+                .or_default()
+                .push(m.id);
+        }
+        for ((target, origin), ids) in by_target {
+            let target_id = expiry_queue_id(&target).await?;
+            let origin = format!("/queue/{origin}");
+            tx.execute(queries::MOVE_EXPIRED, &[&ids, &target_id, &origin])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    /// Forgets dedup ids and committed client transactions older than their windows.
+    pub async fn sweep_records(&self, client_tx_window_ms: i64) -> Result<(u64, u64), StoreError> {
+        let client = self.client().await?;
+        let now = postbus_model::now_ms();
+        let dedup = client.execute(queries::SWEEP_DEDUP, &[&now]).await?;
+        let cutoff = now - client_tx_window_ms;
+        let txs = client.execute(queries::SWEEP_CLIENT_TX, &[&cutoff]).await?;
+        Ok((dedup, txs))
+    }
+
+    /// True when this client transaction id was committed (within the record's window).
+    pub async fn client_tx_committed(
+        &self,
+        client_id: &str,
+        tx_id: &str,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_opt(queries::FIND_CLIENT_TX, &[&client_id, &tx_id])
+            .await?
+            .is_some())
+    }
+
+    /// Registers this broker process and returns its node id (its fencing token).
+    pub async fn register_node(
+        &self,
+        name: &str,
+        hostname: &str,
+        lease_ms: i32,
+    ) -> Result<NodeId, StoreError> {
+        let client = self.client().await?;
+        let pid = std::process::id() as i32;
+        let row = client
+            .query_one(queries::REGISTER_NODE, &[&name, &hostname, &pid, &lease_ms])
+            .await?;
+        Ok(NodeId(row.get(0)))
+    }
+
+    /// Renews the node's lease. `Ok(false)`: the node was declared dead and must stop acting.
+    pub async fn heartbeat(&self, node: NodeId) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client.execute(queries::HEARTBEAT, &[&node.0]).await? == 1)
+    }
+
+    /// Declares dead the nodes whose lease lapsed (and earlier incarnations named `name`),
+    /// returning their in-flight messages for redelivery. Returns the queues that got messages back.
+    pub async fn reap_nodes(&self, me: NodeId, name: &str) -> Result<Vec<i32>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(queries::REAP_NODES, &[&me.0, &name]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// A clean shutdown: the node's in-flight messages go back at once.
+    pub async fn deregister_node(&self, node: NodeId) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute(queries::DEREGISTER_NODE, &[&node.0]).await?;
+        Ok(())
+    }
+}

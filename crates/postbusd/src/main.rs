@@ -1,0 +1,183 @@
+//! postbusd: the postbus broker daemon. Loads the configuration, connects to PostgreSQL (or,
+//! with none configured, starts a private development cluster), applies migrations, and
+//! serves STOMP and HTTP until SIGINT/SIGTERM.
+
+mod config;
+mod http;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use postbus_broker::Engine;
+use postbus_store::{Store, StoreConfig};
+
+/// The postbus message broker.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, env = "POSTBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// PostgreSQL URL. Without one, a private PostgreSQL is started under --data-dir.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// STOMP listen address.
+    #[arg(long)]
+    stomp_listen: Option<String>,
+    /// HTTP listen address (health; metrics and admin API to come). Empty: none.
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Admit connections without credentials (development only).
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// Where development mode keeps its private PostgreSQL.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", env = "POSTBUS_LOG_FORMAT")]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let mut cfg = config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(u) = args.database_url {
+        cfg.database.url = Some(u);
+    }
+    if let Some(l) = args.stomp_listen {
+        cfg.stomp.listen = l;
+    }
+    if let Some(l) = args.http_listen {
+        cfg.http.listen = l;
+    }
+    if args.allow_anonymous {
+        cfg.security.allow_anonymous = true;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.dev.data_dir = d;
+    }
+    if !cfg.security.allow_anonymous {
+        bail!(
+            "no authentication is configured: start with --allow-anonymous (development only) \
+             or set security.allow_anonymous = true"
+        );
+    }
+    tracing::warn!(
+        "ANONYMOUS ACCESS: every client is admitted without credentials (--allow-anonymous); do not expose this broker"
+    );
+
+    // The development cluster lives as long as this process (stopped on exit).
+    let mut dev_cluster = None;
+    let url = match cfg.database.url.clone() {
+        Some(url) => url,
+        None => {
+            let cluster = start_dev_cluster(&cfg.dev.data_dir)?;
+            let url = cluster.url("postbus");
+            dev_cluster = Some(cluster);
+            url
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(serve(cfg, url, dev_cluster.is_some()));
+    drop(runtime);
+    drop(dev_cluster);
+    result
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn start_dev_cluster(dir: &std::path::Path) -> anyhow::Result<postbus_pgctl::Cluster> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let pg_dir = dir.join("pg");
+    tracing::info!(dir = %pg_dir.display(), "no database configured: starting a private PostgreSQL (development mode)");
+    let mut cluster = postbus_pgctl::Cluster::open_or_init(&pg_dir, postbus_pgctl::ClusterOptions::default())
+        .context("cannot start the development PostgreSQL; install PostgreSQL (apt-get install postgresql) or pass --database-url")?;
+    cluster.set_stop_on_drop(true);
+    cluster
+        .create_database("postbus")
+        .context("cannot create the postbus database")?;
+    Ok(cluster)
+}
+
+async fn serve(cfg: config::Config, url: String, dev: bool) -> anyhow::Result<()> {
+    let mut store_cfg = StoreConfig::new(url.clone());
+    store_cfg.pool_size = cfg.database.pool_size;
+    store_cfg.connect_timeout = std::time::Duration::from_millis(cfg.database.connect_timeout_ms);
+    let store = Store::connect(&store_cfg)?;
+    store.ping().await.context("cannot reach PostgreSQL")?;
+    let applied = store
+        .migrate()
+        .await
+        .context("applying schema migrations")?;
+    for (v, t) in &applied {
+        tracing::info!(version = v, title = %t, "migration applied");
+    }
+    let engine = Engine::start(cfg.broker.clone(), store.clone()).await?;
+
+    let stomp = tokio::net::TcpListener::bind(&cfg.stomp.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for STOMP on {} (is another broker running?)",
+                cfg.stomp.listen
+            )
+        })?;
+    let stomp_addr = stomp.local_addr()?;
+    let http_addr = if cfg.http.listen.is_empty() {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind(&cfg.http.listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", cfg.http.listen))?;
+        let addr = l.local_addr()?;
+        tokio::spawn(http::serve(l, store.clone()));
+        Some(addr)
+    };
+    tokio::spawn(postbus_broker::server::serve_stomp(engine.clone(), stomp));
+
+    tracing::info!(stomp = %stomp_addr, http = ?http_addr, "postbus is ready");
+    // The first lines a person sees: where it listens and how to try it.
+    println!("postbus is ready");
+    println!("  STOMP    {stomp_addr}");
+    if let Some(a) = http_addr {
+        println!("  HTTP     http://{a}/health/ready");
+    }
+    if dev {
+        println!("  database {url} (private development PostgreSQL)");
+    }
+    println!("try it:");
+    println!("  postbus --stomp {stomp_addr} send /queue/hello 'hello, postbus'");
+    println!("  postbus --stomp {stomp_addr} receive /queue/hello --count 1");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: in-flight messages go back to their queues");
+    engine.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
