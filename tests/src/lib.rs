@@ -1,1 +1,391 @@
-//! postbus integration test harness
+//! The postbus integration-test harness.
+//!
+//! - One private PostgreSQL cluster per test binary (initdb + pg_ctl, as the postgres user when
+//!   we are root, in a temp dir, on a free port), or the server named by `DATABASE_URL`.
+//!   A small watchdog process stops the private cluster when the test binary exits, however
+//!   it exits.
+//! - Every test gets a fresh database in it, so tests are independent and run in parallel.
+//! - [`TestBroker`] runs a broker in-process on a random port; [`BrokerProcess`] runs the real
+//!   `postbusd` binary, for tests that kill it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use postbus_broker::{BrokerConfig, Engine};
+use postbus_client::{Client, ConnectOptions};
+use postbus_model::{DestinationKind, QueueSettings};
+use postbus_pgctl::{Cluster, ClusterOptions};
+use postbus_store::{Store, StoreConfig};
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+struct Server {
+    /// URL of the maintenance database, for CREATE DATABASE.
+    admin_url: String,
+    /// Kept alive for the whole test binary; the watchdog stops it at exit.
+    _cluster: Option<Mutex<Cluster>>,
+}
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("POSTBUS_TEST_LOG")
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return Server {
+                admin_url: url,
+                _cluster: None,
+            };
+        }
+        let opts = ClusterOptions {
+            fsync: false,
+            ..Default::default()
+        };
+        let cluster =
+            Cluster::temporary(opts).expect("start a private PostgreSQL cluster for the tests");
+        spawn_watchdog(&cluster);
+        Server {
+            admin_url: cluster.url("postgres"),
+            _cluster: Some(Mutex::new(cluster)),
+        }
+    })
+}
+
+/// Stops the cluster and removes its directory once this process is gone (statics are never
+/// dropped, so Drop cannot do it).
+fn spawn_watchdog(cluster: &Cluster) {
+    let pg_ctl = cluster.binaries().tool("pg_ctl");
+    let data = cluster.data_dir().to_path_buf();
+    let root = data
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data.clone());
+    let as_postgres = is_root();
+    let stop = if as_postgres {
+        format!(
+            "runuser -u postgres -- {} stop -m immediate -D {} >/dev/null 2>&1",
+            pg_ctl.display(),
+            data.display()
+        )
+    } else {
+        format!(
+            "{} stop -m immediate -D {} >/dev/null 2>&1",
+            pg_ctl.display(),
+            data.display()
+        )
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop}; rm -rf {root}",
+        pid = std::process::id(),
+        root = root.display()
+    );
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A fresh, empty database for one test; returns its URL.
+pub async fn fresh_database() -> String {
+    let server = server();
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::Relaxed)
+    );
+    let (client, conn) = tokio_postgres_connect(&server.admin_url).await;
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    task.abort();
+    replace_database(&server.admin_url, &name)
+}
+
+async fn tokio_postgres_connect(
+    url: &str,
+) -> (
+    postbus_store::PgClient,
+    impl std::future::Future<Output = Result<(), postbus_store::PgError>> + Send + 'static,
+) {
+    postbus_store::connect_raw(url)
+        .await
+        .expect("connect to the test PostgreSQL")
+}
+
+/// Runs SQL on a database directly (to inspect or tamper with state in tests).
+pub async fn sql(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
+    let (client, conn) = tokio_postgres_connect(url).await;
+    let task = tokio::spawn(conn);
+    let mut out = Vec::new();
+    for msg in client.simple_query(query).await.expect("sql") {
+        if let postbus_store::SimpleQueryMessage::Row(row) = msg {
+            out.push(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            );
+        }
+    }
+    task.abort();
+    out
+}
+
+/// The same URL with another database name.
+fn replace_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{}", &base[..path_start], db);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A migrated store on a fresh database.
+pub async fn fresh_store() -> (String, Store) {
+    let url = fresh_database().await;
+    let store = Store::connect(&StoreConfig::new(url.clone())).expect("store");
+    store.migrate().await.expect("migrate");
+    (url, store)
+}
+
+/// Broker settings suited to tests: quick polls and short leases.
+pub fn test_config() -> BrokerConfig {
+    BrokerConfig {
+        heartbeat_ms: 0,
+        poll_interval_ms: 100,
+        node_lease_ms: 3_000,
+        write_retry_ms: 2_000,
+        ..BrokerConfig::default()
+    }
+}
+
+/// A broker running inside the test process.
+pub struct TestBroker {
+    pub addr: String,
+    pub engine: Engine,
+    pub store: Store,
+    pub url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TestBroker {
+    /// A broker on a fresh database.
+    pub async fn start() -> TestBroker {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: BrokerConfig) -> TestBroker {
+        let (url, store) = fresh_store().await;
+        Self::on_database(&url, store, config).await
+    }
+
+    /// Another broker on an existing database (several brokers on one database).
+    pub async fn on_database(url: &str, store: Store, config: BrokerConfig) -> TestBroker {
+        let engine = Engine::start(config, store.clone())
+            .await
+            .expect("engine start");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(postbus_broker::server::serve_stomp(
+            engine.clone(),
+            listener,
+        ));
+        TestBroker {
+            addr,
+            engine,
+            store,
+            url: url.to_owned(),
+            server,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.addr).await
+    }
+
+    pub async fn client_with(&self, opts: ConnectOptions) -> Client {
+        Client::connect(&self.addr, &opts).await.expect("connect")
+    }
+
+    /// Creates a queue with settings (before anything uses it).
+    pub async fn create_queue(&self, name: &str, settings: QueueSettings) {
+        self.store
+            .create_destination(DestinationKind::Queue, name, &settings, false)
+            .await
+            .expect("create queue");
+    }
+
+    /// Stops accepting connections (existing sessions end when their tasks are dropped).
+    pub fn stop(&self) {
+        self.server.abort();
+    }
+
+    /// Counts the messages of a queue in the database.
+    pub async fn depth(&self, queue: &str) -> i64 {
+        let stats = self.store.destination_stats().await.expect("stats");
+        stats
+            .iter()
+            .find(|s| s.name == queue)
+            .map(|s| s.ready + s.in_flight + s.scheduled)
+            .unwrap_or(0)
+    }
+}
+
+/// Connects a plain client.
+pub async fn connect(addr: &str) -> Client {
+    Client::connect(addr, &ConnectOptions::default())
+        .await
+        .expect("connect")
+}
+
+/// The path of a binary built from this workspace (target/<profile>/NAME).
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .context("unexpected test binary location")?;
+    let path = profile_dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built: run `cargo build --bins` (the README's test command does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The real `postbusd`, as a child process that a test can SIGKILL and restart.
+pub struct BrokerProcess {
+    pub addr: String,
+    pub url: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Starts postbusd on `url` with a fixed free STOMP port (kept across restarts).
+    pub async fn spawn(url: &str, extra: &[&str]) -> anyhow::Result<BrokerProcess> {
+        let port = postbus_pgctl::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("postbusd-{}-{port}.log", std::process::id()));
+        let mut args = vec![
+            "--allow-anonymous".to_owned(),
+            "--database-url".to_owned(),
+            url.to_owned(),
+            "--stomp-listen".to_owned(),
+            addr.clone(),
+            "--http-listen".to_owned(),
+            String::new(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = BrokerProcess {
+            addr,
+            url: url.to_owned(),
+            args,
+            child: None,
+            log,
+        };
+        p.start().await?;
+        Ok(p)
+    }
+
+    /// (Re)starts the process and waits until it accepts STOMP connections.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let bin = workspace_binary("postbusd")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(bin)
+            .args(&self.args)
+            .env("POSTBUS_BROKER_NODE_NAME", format!("test-{}", self.addr))
+            .env("POSTBUS_BROKER_HEARTBEAT_MS", "0")
+            .env("POSTBUS_BROKER_POLL_INTERVAL_MS", "100")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawn postbusd")?;
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(&self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("postbusd exited with {status}: {}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "postbusd did not start listening on {}: {}",
+            self.addr,
+            self.log_tail()
+        )
+    }
+
+    /// SIGKILL: no cleanup of any kind.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Shared counter helper for concurrent tests.
+pub type Shared<T> = Arc<Mutex<T>>;

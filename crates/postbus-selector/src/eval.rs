@@ -23,19 +23,6 @@ pub(crate) enum V<'a> {
     Str(Cow<'a, str>),
 }
 
-impl V<'_> {
-    pub(crate) fn into_value(self) -> Value {
-        match self {
-            V::Bool(b) => Value::Bool(b),
-            V::Int(v) => Value::Int(v),
-            V::Long(v) => Value::Long(v),
-            V::Float(v) => Value::Float(v),
-            V::Double(v) => Value::Double(v),
-            V::Str(s) => Value::String(s.into_owned()),
-        }
-    }
-}
-
 impl From<Value> for V<'static> {
     fn from(v: Value) -> V<'static> {
         match v {

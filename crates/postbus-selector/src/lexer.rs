@@ -179,13 +179,12 @@ fn is_space(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\x0C' | '\n' | '\r')
 }
 
-struct Lexer<'a> {
+struct Lexer {
     chars: Vec<char>,
     pos: usize,
-    _src: &'a str,
 }
 
-impl Lexer<'_> {
+impl Lexer {
     fn peek(&self, ahead: usize) -> Option<char> {
         self.chars.get(self.pos + ahead).copied()
     }
@@ -240,7 +239,9 @@ impl Lexer<'_> {
             self.pos += 2;
             let hex = self.digits(16);
             if hex.is_empty() {
-                return Err(malformed("malformed hexadecimal literal: no digits after '0x'"));
+                return Err(malformed(
+                    "malformed hexadecimal literal: no digits after '0x'",
+                ));
             }
             if matches!(self.peek(0), Some('l' | 'L')) {
                 self.pos += 1;
@@ -268,7 +269,9 @@ impl Lexer<'_> {
             }
             let exp = self.digits(10);
             if exp.is_empty() {
-                return Err(malformed("malformed numeric literal: exponent has no digits"));
+                return Err(malformed(
+                    "malformed numeric literal: exponent has no digits",
+                ));
             }
             text.push_str(&exp);
         }
@@ -343,7 +346,10 @@ fn exact_magnitude(digits: &str, radix: u32, start: usize) -> Result<u64, Select
     let mut v: u64 = 0;
     for c in digits.chars() {
         let d = u64::from(c.to_digit(radix).unwrap_or(0));
-        v = match v.checked_mul(u64::from(radix)).and_then(|v| v.checked_add(d)) {
+        v = match v
+            .checked_mul(u64::from(radix))
+            .and_then(|v| v.checked_add(d))
+        {
             Some(v) if v <= limit => v,
             _ => {
                 return Err(SelectorError::new(
@@ -384,7 +390,6 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token>, SelectorError> {
     let mut lx = Lexer {
         chars: src.chars().collect(),
         pos: 0,
-        _src: src,
     };
     let mut out = Vec::new();
     while let Some(c) = lx.peek(0) {

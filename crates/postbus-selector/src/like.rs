@@ -116,10 +116,6 @@ impl LikePattern {
         self.escape
     }
 
-    pub(crate) fn tokens(&self) -> &[LikeToken] {
-        &self.tokens
-    }
-
     /// Whether `text` matches the whole pattern, character by character.
     pub fn matches(&self, text: &str) -> bool {
         let t = &self.tokens;
@@ -231,6 +227,11 @@ mod tests {
     fn postgres_form() {
         let p = LikePattern::new("a\\%b_%c!_", Some('!')).unwrap();
         assert_eq!(p.to_postgres().unwrap(), "a\\\\%b_%c\\_");
-        assert!(LikePattern::new("a\0", None).unwrap().to_postgres().is_none());
+        assert!(
+            LikePattern::new("a\0", None)
+                .unwrap()
+                .to_postgres()
+                .is_none()
+        );
     }
 }

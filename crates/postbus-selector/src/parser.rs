@@ -162,7 +162,13 @@ impl Parser<'_> {
         )
     }
 
-    fn node(&self, expr: Expr, col: usize, depth: usize, kind: Kind) -> Result<Node, SelectorError> {
+    fn node(
+        &self,
+        expr: Expr,
+        col: usize,
+        depth: usize,
+        kind: Kind,
+    ) -> Result<Node, SelectorError> {
         if depth > self.limits.max_depth {
             return Err(self.too_deep(col));
         }
@@ -234,7 +240,12 @@ impl Parser<'_> {
         let mut node = self.predicate()?;
         for col in nots.into_iter().rev() {
             self.require(&node, node.kind.is_condition(), "NOT needs a condition")?;
-            node = self.node(Expr::Not(Box::new(node.expr)), col, node.depth + 1, Kind::Cond)?;
+            node = self.node(
+                Expr::Not(Box::new(node.expr)),
+                col,
+                node.depth + 1,
+                Kind::Cond,
+            )?;
         }
         Ok(node)
     }
@@ -403,7 +414,11 @@ impl Parser<'_> {
                     // Map the offset inside the unescaped text back to the
                     // source: skip the opening quote and count each `'` of
                     // the text twice, as it was written `''`.
-                    let quotes = pattern.chars().take(e.offset).filter(|&c| c == '\'').count();
+                    let quotes = pattern
+                        .chars()
+                        .take(e.offset)
+                        .filter(|&c| c == '\'')
+                        .count();
                     SelectorError::new(pattern_col + 1 + e.offset + quotes, e.message)
                 })?;
                 let expr = Expr::Like {
@@ -474,7 +489,13 @@ impl Parser<'_> {
         }
     }
 
-    fn arith(&self, op: ArithOp, op_col: usize, lhs: Node, rhs: Node) -> Result<Node, SelectorError> {
+    fn arith(
+        &self,
+        op: ArithOp,
+        op_col: usize,
+        lhs: Node,
+        rhs: Node,
+    ) -> Result<Node, SelectorError> {
         let role = format!("'{op}' needs numeric operands");
         self.require(&lhs, lhs.kind.is_numeric(), &role)?;
         self.require(&rhs, rhs.kind.is_numeric(), &role)?;
@@ -587,7 +608,11 @@ impl Parser<'_> {
                     let p = &self.toks[self.pos - 1].tok;
                     match p {
                         Tok::Keyword(k) => format!(" after '{}'", k.text()),
-                        Tok::Ident(_) | Tok::Str(_) | Tok::Exact(_) | Tok::Float(_) | Tok::Double(_) => {
+                        Tok::Ident(_)
+                        | Tok::Str(_)
+                        | Tok::Exact(_)
+                        | Tok::Float(_)
+                        | Tok::Double(_) => {
                             format!(" after {}", p.describe())
                         }
                         _ => format!(" after '{}'", p.symbol()),

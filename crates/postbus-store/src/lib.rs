@@ -115,3 +115,19 @@ impl Store {
         (s.size, s.available, s.max_size)
     }
 }
+
+pub use tokio_postgres::{Client as PgClient, Error as PgError, SimpleQueryMessage};
+
+/// A plain connection outside any pool (for tools and tests that run their own SQL).
+/// Spawn the returned connection future; the client works while it runs.
+pub async fn connect_raw(
+    url: &str,
+) -> Result<
+    (
+        PgClient,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    PgError,
+> {
+    tokio_postgres::connect(url, tokio_postgres::NoTls).await
+}
