@@ -8,6 +8,8 @@
 //! - [`TestBroker`] runs a broker in-process on a random port; [`BrokerProcess`] runs the real
 //!   `postbusd` binary, for tests that kill it.
 
+pub mod workload;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -297,17 +299,18 @@ pub struct BrokerProcess {
     pub addr: String,
     pub url: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl BrokerProcess {
     /// Starts postbusd on `url` with a fixed free STOMP port (kept across restarts).
-    pub async fn spawn(url: &str, extra: &[&str]) -> anyhow::Result<BrokerProcess> {
+    pub async fn spawn(url: &str, env: &[(&str, &str)]) -> anyhow::Result<BrokerProcess> {
         let port = postbus_pgctl::free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("postbusd-{}-{port}.log", std::process::id()));
-        let mut args = vec![
+        let args = vec![
             "--allow-anonymous".to_owned(),
             "--database-url".to_owned(),
             url.to_owned(),
@@ -316,11 +319,15 @@ impl BrokerProcess {
             "--http-listen".to_owned(),
             String::new(),
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut p = BrokerProcess {
             addr,
             url: url.to_owned(),
             args,
+            env,
             child: None,
             log,
         };
@@ -340,6 +347,7 @@ impl BrokerProcess {
             .env("POSTBUS_BROKER_NODE_NAME", format!("test-{}", self.addr))
             .env("POSTBUS_BROKER_HEARTBEAT_MS", "0")
             .env("POSTBUS_BROKER_POLL_INTERVAL_MS", "100")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
