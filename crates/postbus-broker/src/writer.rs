@@ -133,6 +133,19 @@ async fn run_lane(
         };
         let started = Instant::now();
         let result = write_with_retry(&store, &batch, retry_for).await;
+        if let Err(e) = &result
+            && batch.units.len() > 1
+            && !e.is_connection_error()
+        {
+            // One unit's statement was refused (e.g. its queue was deleted meanwhile): run the
+            // units one by one so only that unit's client gets the error.
+            tracing::warn!(error = %e, units = batch.units.len(), "group commit refused; retrying its units one by one");
+            let results = write_units_alone(&store, &batch, retry_for).await;
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(r);
+            }
+            continue;
+        }
         match result {
             Ok(outcomes) => {
                 observer.committed(&batch.units, &outcomes, started.elapsed());
@@ -152,6 +165,34 @@ async fn run_lane(
             }
         }
     }
+}
+
+/// Writes each unit of a refused batch in its own transaction; a unit that fails again gets
+/// its error as its outcome.
+async fn write_units_alone(
+    store: &Store,
+    batch: &WriteBatch,
+    retry_for: Duration,
+) -> Vec<Result<UnitOutcome, WriteError>> {
+    let mut outcomes = Vec::with_capacity(batch.units.len());
+    for unit in &batch.units {
+        let single = WriteBatch {
+            node: batch.node,
+            units: vec![unit.clone()],
+            durable: batch.durable,
+        };
+        outcomes.push(match write_with_retry(store, &single, retry_for).await {
+            Ok(mut o) => Ok(o
+                .pop()
+                .unwrap_or(UnitOutcome::Rejected("no outcome".into()))),
+            Err(StoreError::UnknownOutcome(m)) => Err(WriteError::Unknown(m)),
+            Err(e) if e.is_connection_error() => Err(WriteError::Failed(e.to_string())),
+            Err(e) => Ok(UnitOutcome::Rejected(format!(
+                "refused by the database: {e}"
+            ))),
+        });
+    }
+    outcomes
 }
 
 /// Retries a batch that failed before COMMIT because the database was unreachable: nothing of

@@ -1,2 +1,127 @@
-//! postbus CLI
-fn main() {}
+//! `postbus`: the command-line tool. Messaging commands talk STOMP to a broker; queue and
+//! database commands talk to PostgreSQL directly (the HTTP admin API comes with the operations
+//! work). Tables for people, `--json` for scripts; exit code 0 on success, 1 on failure, 2 on
+//! bad usage.
+
+mod bench;
+mod messaging;
+mod queues;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "postbus", version, about = "The postbus command-line tool", long_about = None)]
+struct Cli {
+    /// Broker STOMP address (host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "POSTBUS_STOMP",
+        default_value = "127.0.0.1:61613"
+    )]
+    stomp: String,
+    /// STOMP login (the principal).
+    #[arg(long, global = true, env = "POSTBUS_LOGIN")]
+    login: Option<String>,
+    /// STOMP passcode (a JWT once authentication is configured).
+    #[arg(long, global = true, env = "POSTBUS_PASSCODE", hide_env_values = true)]
+    passcode: Option<String>,
+    /// PostgreSQL URL for queue and database commands. Default: the development database that
+    /// `postbusd` started under --data-dir.
+    #[arg(long, global = true, env = "POSTBUS_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Data directory of a development broker (to find its database).
+    #[arg(long, global = true, default_value = ".postbus")]
+    data_dir: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Send messages to a destination (waits for the broker's receipt: the message is committed).
+    Send(messaging::SendArgs),
+    /// Receive messages from a queue and acknowledge them.
+    Receive(messaging::ReceiveArgs),
+    /// Manage queues: list, create, delete, purge, stats.
+    #[command(subcommand)]
+    Queue(queues::QueueCmd),
+    /// Database schema.
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// Load-test any STOMP 1.2 broker: producers, consumers, receipts, transactions, groups.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCmd {
+    /// Apply the schema migrations that are not applied yet.
+    Migrate,
+    /// Show the schema version.
+    Version,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(run(cli));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Cmd::Send(a) => messaging::send(&cli, a).await,
+        Cmd::Receive(a) => messaging::receive(&cli, a).await,
+        Cmd::Queue(q) => queues::run(&cli, q).await,
+        Cmd::Db(DbCmd::Migrate) => {
+            let store = queues::store(&cli)?;
+            let applied = store.migrate().await.context("migration failed")?;
+            let version = store.schema_version().await?;
+            if cli.json {
+                let list: Vec<_> = applied
+                    .iter()
+                    .map(|(v, t)| serde_json::json!({"version": v, "title": t}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"applied": list, "version": version})
+                );
+            } else if applied.is_empty() {
+                println!("schema is up to date (version {version})");
+            } else {
+                for (v, t) in &applied {
+                    println!("applied V{v}__{t}");
+                }
+                println!("schema is at version {version}");
+            }
+            Ok(())
+        }
+        Cmd::Db(DbCmd::Version) => {
+            let store = queues::store(&cli)?;
+            let version = store.schema_version().await?;
+            let latest = postbus_store::migrate::latest_version();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"version": version, "latest": latest})
+                );
+            } else {
+                println!("schema version {version} (this postbus knows up to {latest})");
+            }
+            Ok(())
+        }
+        Cmd::Bench(a) => bench::run(a).await,
+    }
+}

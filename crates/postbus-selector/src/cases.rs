@@ -189,10 +189,11 @@ pub fn message_from_json(m: &Json) -> Result<SimpleMessage, String> {
             .as_object()
             .ok_or_else(|| "\"headers\" must be an object".to_owned())?;
         for field in HeaderField::ALL {
-            if let Some(v) = h.get(field.name()) {
-                if let Some(v) = header_value(field, v)? {
-                    msg.headers.insert(field, v);
-                }
+            let Some(v) = h.get(field.name()) else {
+                continue;
+            };
+            if let Some(v) = header_value(field, v)? {
+                msg.headers.insert(field, v);
             }
         }
     }

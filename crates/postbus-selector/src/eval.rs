@@ -284,7 +284,7 @@ pub(crate) fn condition(e: &Expr, msg: &dyn MessageView) -> Option<bool> {
             list,
         } => {
             let s = string_of(ident, msg).ok()?;
-            Some(list.iter().any(|x| *x == s) != *negated)
+            Some(list.contains(&s) != *negated)
         }
         Expr::Like {
             negated,

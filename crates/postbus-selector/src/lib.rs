@@ -157,7 +157,10 @@ pub use value::{HeaderField, IdentKind, MessageView, SimpleMessage, Value};
 /// A parsed selector.
 ///
 /// `Display` prints the canonical, fully parenthesised form, which parses
-/// back to an equal selector.
+/// back to an equal selector with the same `max_depth`. It can be several
+/// times longer than the text it came from (parentheses, spaces, decimal
+/// numbers), so it may exceed `max_length`: persist the original text, or
+/// re-parse canonical text with a larger `max_length`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Selector {
     expr: Expr,

@@ -527,12 +527,12 @@ impl Parser<'_> {
         let mut node = match (signs.last(), self.peek().clone()) {
             (Some(&(op, col)), Tok::Exact(m)) => {
                 signs.pop();
-                self.advance();
+                let num_col = self.advance().col;
                 let v = match op {
                     UnaryOp::Neg => 0i64.checked_sub_unsigned(m),
                     UnaryOp::Plus => i64::try_from(m).ok(),
                 };
-                let v = v.ok_or_else(|| out_of_range(col + 1))?;
+                let v = v.ok_or_else(|| out_of_range(num_col))?;
                 self.node(Expr::Literal(Literal::Long(v)), col, 1, Kind::Num)?
             }
             (Some(&(op, col)), Tok::Double(d)) => {

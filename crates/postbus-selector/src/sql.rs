@@ -435,7 +435,13 @@ impl Gen<'_> {
                         ),
                         _ => (SqlType::Text, ALL_NUMERIC),
                     };
-                    Ref::Column { expr, ty, nums }
+                    // Parenthesised once here: a mapping may return any
+                    // expression, e.g. `a || b`, and operators follow it.
+                    Ref::Column {
+                        expr: expr_paren(&expr),
+                        ty,
+                        nums,
+                    }
                 }
                 None => Ref::Unavailable,
             },
@@ -455,7 +461,11 @@ impl Gen<'_> {
                             double: true,
                         },
                     };
-                    Ref::Column { expr, ty, nums }
+                    Ref::Column {
+                        expr: expr_paren(&expr),
+                        ty,
+                        nums,
+                    }
                 }
                 None => Ref::Json(name.to_owned()),
             },
@@ -711,29 +721,12 @@ impl Gen<'_> {
 
     /// A leaf on a jsonb property, dispatching on `jsonb_typeof`.
     fn json(&mut self, key: &str, cl: Classes) -> Sql {
-        let only = |c: &C| !c.is_f();
         let (s, n, b, o) = (&cl.s, &cl.n, &cl.b, &cl.other);
         if s.is_f() && n.is_f() && b.is_f() && o.is_f() {
             return Sql::False;
         }
         if s.is_t() && n.is_t() && b.is_t() && o.is_t() {
             return Sql::Frag(self.presence(key));
-        }
-        // Containment forms: exact, and servable by a GIN index.
-        if !only(n) && !only(b) && !only(o) {
-            if let C::V(ValCond::StrEq(v)) = s {
-                return self.contains(key, Frag::default().p(v, "::text"));
-            }
-        }
-        if !only(s) && !only(b) && !only(o) {
-            if let C::V(ValCond::Num(NumCond::Cmp(CmpOp::Eq, v))) = n {
-                return self.contains(key, Frag::default().p(v, "::text::numeric"));
-            }
-        }
-        if !only(s) && !only(n) && !only(o) {
-            if let C::V(ValCond::BoolIs(v)) = b {
-                return self.contains(key, Frag::default().t(if *v { "TRUE" } else { "FALSE" }));
-            }
         }
         let typeof_ = Frag::default()
             .t("jsonb_typeof(")
@@ -743,17 +736,31 @@ impl Gen<'_> {
             .t("(")
             .f(&self.key_frag(key, " ->> "))
             .t(")");
-        // A string condition needs no cast, so a plain AND is safe.
-        if !only(n) && !only(b) && !only(o) {
-            if let C::V(cond) = s {
-                return Sql::Frag(
-                    Frag::default()
-                        .t("(")
-                        .f(&typeof_)
-                        .t(" = 'string' AND ")
-                        .f(&render_val(cond, &text, NumCast::Numeric))
-                        .t(")"),
-                );
+        if o.is_f() {
+            match (s, n, b) {
+                // Containment forms: exact, and servable by a GIN index.
+                (C::V(ValCond::StrEq(v)), C::F, C::F) => {
+                    return self.contains(key, Frag::default().p(v, "::text"));
+                }
+                (C::F, C::V(ValCond::Num(NumCond::Cmp(CmpOp::Eq, v))), C::F) => {
+                    return self.contains(key, Frag::default().p(v, "::text::numeric"));
+                }
+                (C::F, C::F, C::V(ValCond::BoolIs(v))) => {
+                    let v = if *v { "TRUE" } else { "FALSE" };
+                    return self.contains(key, Frag::default().t(v));
+                }
+                // A string condition needs no cast, so a plain AND is safe.
+                (C::V(cond), C::F, C::F) => {
+                    return Sql::Frag(
+                        Frag::default()
+                            .t("(")
+                            .f(&typeof_)
+                            .t(" = 'string' AND ")
+                            .f(&render_val(cond, &text, NumCast::Numeric))
+                            .t(")"),
+                    );
+                }
+                _ => {}
             }
         }
         // General form. CASE guarantees the casts only see values of the
@@ -802,7 +809,7 @@ fn column(expr: &str, ty: SqlType, cl: Classes) -> Sql {
         SqlType::Boolean => &cl.b,
         SqlType::Integer | SqlType::Double => &cl.n,
     };
-    let value = Frag::default().t(&expr_paren(expr));
+    let value = Frag::default().t(expr);
     let base = match c {
         C::T => Sql::Frag(value.clone().t(" IS NOT NULL")),
         C::F => Sql::False,

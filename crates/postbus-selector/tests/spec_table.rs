@@ -194,6 +194,11 @@ const ROWS: &[(&str, char)] = &[
     ("big1 BETWEEN big2 AND big2", 'F'),
     ("-i3 BETWEEN -4 AND -2", 'T'),
     ("i3 between 1 and 5", 'T'),
+    ("i3 BETWEEN 1 AND 5 AND t", 'T'),
+    ("i3 BETWEEN 1 AND 5 AND f", 'F'),
+    ("f OR i3 BETWEEN 1 AND 2 OR t", 'T'),
+    ("NOT i3 BETWEEN 1 AND 2", 'T'),
+    ("i3 BETWEEN 1 + 1 AND 2 * 2", 'T'),
     // --- IN
     ("cur IN ('EUR','USD')", 'T'),
     ("cur IN ('USD')", 'F'),

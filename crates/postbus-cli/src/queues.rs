@@ -1,0 +1,217 @@
+//! `postbus queue ...`: queue management straight against PostgreSQL.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use comfy_table::Table;
+use postbus_model::{DestinationKind, QueueSettings};
+use postbus_store::{Store, StoreConfig};
+
+use crate::Cli;
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCmd {
+    /// List destinations with their depth.
+    List,
+    /// Create a queue with settings.
+    Create(CreateArgs),
+    /// Delete a queue (refused while it holds messages, unless --force).
+    Delete {
+        name: String,
+        /// Delete its messages too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete every message of the queue that no consumer holds.
+    Purge { name: String },
+    /// One queue's settings and depth.
+    Stats { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    /// Deliveries before a message moves to the dead-letter queue.
+    #[arg(long, default_value_t = 10)]
+    pub max_deliveries: i32,
+    /// Delay before redelivery, ms.
+    #[arg(long, default_value_t = 0)]
+    pub redelivery_delay_ms: i64,
+    /// Multiplier per further redelivery (exponential backoff).
+    #[arg(long, default_value_t = 1.0)]
+    pub redelivery_backoff: f64,
+    /// Cap on the redelivery delay, ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub redelivery_max_delay_ms: i64,
+    /// Dead-letter queue (default DLQ.<name>).
+    #[arg(long)]
+    pub dead_letter_queue: Option<String>,
+    /// Where expired messages go (default: dropped).
+    #[arg(long)]
+    pub expiry_queue: Option<String>,
+    /// How long dedup ids are remembered, ms.
+    #[arg(long, default_value_t = 86_400_000)]
+    pub dedup_window_ms: i64,
+    /// One active consumer at a time.
+    #[arg(long)]
+    pub exclusive: bool,
+}
+
+/// The store for queue and database commands: --database-url, or the development database.
+pub fn store(cli: &Cli) -> anyhow::Result<Store> {
+    let url = match &cli.database_url {
+        Some(u) => u.clone(),
+        None => {
+            let port_file = cli.data_dir.join("pg").join("postbus.port");
+            let port = std::fs::read_to_string(&port_file).with_context(|| {
+                format!(
+                    "no --database-url given and no development database at {} (start postbusd first, or pass --database-url)",
+                    port_file.display()
+                )
+            })?;
+            format!("postgresql://postgres@127.0.0.1:{}/postbus", port.trim())
+        }
+    };
+    Ok(Store::connect(&StoreConfig::new(url))?)
+}
+
+pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
+    let store = store(cli)?;
+    match cmd {
+        QueueCmd::List => {
+            let stats = store.destination_stats().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string(&stats)?);
+                return Ok(());
+            }
+            let mut t = Table::new();
+            t.set_header([
+                "kind",
+                "name",
+                "ready",
+                "in flight",
+                "scheduled",
+                "oldest ready (s)",
+            ]);
+            let now = postbus_model::now_ms();
+            for s in stats {
+                let age = s
+                    .oldest_ready_ms
+                    .map(|t| format!("{:.1}", (now - t) as f64 / 1000.0))
+                    .unwrap_or_default();
+                t.add_row([
+                    s.kind,
+                    s.name,
+                    s.ready.to_string(),
+                    s.in_flight.to_string(),
+                    s.scheduled.to_string(),
+                    age,
+                ]);
+            }
+            println!("{t}");
+        }
+        QueueCmd::Create(a) => {
+            postbus_model::destination::validate_name(&a.name)?;
+            let settings = QueueSettings {
+                max_deliveries: a.max_deliveries,
+                redelivery_delay_ms: a.redelivery_delay_ms,
+                redelivery_backoff: a.redelivery_backoff,
+                redelivery_max_delay_ms: a.redelivery_max_delay_ms,
+                dead_letter_queue: a.dead_letter_queue.clone(),
+                expiry_queue: a.expiry_queue.clone(),
+                dedup_window_ms: a.dedup_window_ms,
+                exclusive: a.exclusive,
+            };
+            let (row, created) = store
+                .create_destination(DestinationKind::Queue, &a.name, &settings, false)
+                .await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": row.name, "id": row.id, "created": created, "settings": row.settings})
+                );
+            } else if created {
+                println!("created queue {}", row.name);
+            } else {
+                bail!(
+                    "queue {} already exists (its settings were left as they are)",
+                    row.name
+                );
+            }
+        }
+        QueueCmd::Delete { name, force } => {
+            let row = find(&store, name).await?;
+            let deleted = store.delete_destination(row.id, *force).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "deleted_messages": deleted})
+                );
+            } else {
+                println!("deleted queue {name} ({deleted} messages); restart brokers that used it");
+            }
+        }
+        QueueCmd::Purge { name } => {
+            let row = find(&store, name).await?;
+            let n = store.purge(row.id).await?;
+            if cli.json {
+                println!("{}", serde_json::json!({"name": name, "purged": n}));
+            } else {
+                println!("purged {n} messages from {name}");
+            }
+        }
+        QueueCmd::Stats { name } => {
+            let row = find(&store, name).await?;
+            let stats = store
+                .destination_stats()
+                .await?
+                .into_iter()
+                .find(|s| s.id == row.id);
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "settings": row.settings, "depth": stats})
+                );
+                return Ok(());
+            }
+            let mut t = Table::new();
+            t.set_header(["setting", "value"]);
+            let s = &row.settings;
+            let dlq = s
+                .dead_letter_queue
+                .clone()
+                .unwrap_or_else(|| format!("DLQ.{name}"));
+            for (k, v) in [
+                ("max deliveries", s.max_deliveries.to_string()),
+                ("redelivery delay (ms)", s.redelivery_delay_ms.to_string()),
+                ("redelivery backoff", s.redelivery_backoff.to_string()),
+                (
+                    "redelivery max delay (ms)",
+                    s.redelivery_max_delay_ms.to_string(),
+                ),
+                ("dead-letter queue", dlq),
+                (
+                    "expiry queue",
+                    s.expiry_queue.clone().unwrap_or_else(|| "(drop)".into()),
+                ),
+                ("dedup window (ms)", s.dedup_window_ms.to_string()),
+                ("exclusive", s.exclusive.to_string()),
+            ] {
+                t.add_row([k.to_owned(), v]);
+            }
+            if let Some(d) = stats {
+                t.add_row(["ready".to_owned(), d.ready.to_string()]);
+                t.add_row(["in flight".to_owned(), d.in_flight.to_string()]);
+                t.add_row(["scheduled".to_owned(), d.scheduled.to_string()]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+async fn find(store: &Store, name: &str) -> anyhow::Result<postbus_store::DestinationRow> {
+    store
+        .find_destination(DestinationKind::Queue, name)
+        .await?
+        .with_context(|| format!("no queue named {name} (see `postbus queue list`)"))
+}
