@@ -317,7 +317,7 @@ impl QueueRuntime {
                 st.pending.push_back(m);
                 continue;
             }
-            if let Err(m) = self.place(&mut st, m) {
+            if let Some(m) = self.place(&mut st, m) {
                 if let Some(g) = &m.group_id {
                     blocked_groups.insert(g.clone());
                 } else if self.is_exclusive(&st) {
@@ -341,8 +341,8 @@ impl QueueRuntime {
         self.settings.exclusive || st.consumers.first().is_some_and(|c| c.spec.exclusive)
     }
 
-    /// Puts one claimed message on a consumer, or gives it back when none can take it now.
-    fn place(self: &Arc<Self>, st: &mut QueueState, m: StoredMessage) -> Result<(), StoredMessage> {
+    /// Puts one claimed message on a consumer; hands it back when none can take it now.
+    fn place(self: &Arc<Self>, st: &mut QueueState, m: StoredMessage) -> Option<StoredMessage> {
         let target = if self.is_exclusive(st) {
             // The first consumer is the active one; the others wait for it to go.
             if st.consumers.first().is_some_and(|c| c.credit() > 0) {
@@ -370,7 +370,7 @@ impl QueueRuntime {
             }
             found
         };
-        let Some(i) = target else { return Err(m) };
+        let Some(i) = target else { return Some(m) };
         if let Some(g) = &m.group_id {
             let id = st.consumers[i].spec.id;
             st.groups.entry(g.clone()).or_insert((id, 0)).1 += 1;
@@ -396,7 +396,7 @@ impl QueueRuntime {
         // A closed channel means the session is going away; the message stays in flight and is
         // released when the session removes the consumer.
         let _ = slot.spec.events.send(SessionEvent::Deliver(delivery));
-        Ok(())
+        None
     }
 
     fn take_claimed(self: &Arc<Self>, messages: Vec<StoredMessage>) {

@@ -857,18 +857,19 @@ impl Session {
                         error.clone(),
                     )
                     .await;
-                if !requeue && row.dead_letter.is_none() {
-                    if let Ok(dlq) = self.engine.dead_letter_queue_id(&queue).await {
-                        row = ReleaseRow {
-                            id: f.id,
-                            increment: 1,
-                            dead_letter: Some(dlq),
-                            reason: Some("rejected by the consumer (NACK requeue:false)".into()),
-                            origin: Some(format!("/queue/{}", queue.name)),
-                            last_error: error.clone(),
-                            ready_at: None,
-                        };
-                    }
+                if !requeue
+                    && row.dead_letter.is_none()
+                    && let Ok(dlq) = self.engine.dead_letter_queue_id(&queue).await
+                {
+                    row = ReleaseRow {
+                        id: f.id,
+                        increment: 1,
+                        dead_letter: Some(dlq),
+                        reason: Some("rejected by the consumer (NACK requeue:false)".into()),
+                        origin: Some(format!("/queue/{}", queue.name)),
+                        last_error: error.clone(),
+                        ready_at: None,
+                    };
                 }
                 releases.push(row);
             }

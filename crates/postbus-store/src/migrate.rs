@@ -6,7 +6,7 @@ use crate::{Store, StoreError};
 include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
 /// The advisory lock key that serialises migrations ("postbus" in ASCII, as a number).
-const MIGRATION_LOCK: i64 = 0x706f_7374_6275_73;
+const MIGRATION_LOCK: i64 = 0x0070_6f73_7462_7573;
 
 /// The newest schema version this binary knows.
 pub fn latest_version() -> i32 {

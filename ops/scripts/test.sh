@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test: unit, property and integration tests against private PostgreSQL clusters
+# (started and stopped by the tests themselves), the crash tests, and the stomp.py interop
+# test. Installs what it needs first (PostgreSQL if missing and we are root; stomp.py into
+# tests/.venv).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. ops/scripts/lib.sh
+ensure_rust
+ensure_pg
+
+# stomp.py for the interop tests, in a venv of our own.
+if [ ! -x tests/.venv/bin/python ] || ! tests/.venv/bin/python -c 'import stomp' 2>/dev/null; then
+  if ! python3 -m venv tests/.venv 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
+      python3 -m venv tests/.venv
+    else
+      echo "python3 -m venv failed: install python3-venv" >&2
+      exit 1
+    fi
+  fi
+  tests/.venv/bin/pip install -q 'stomp.py>=8,<10'
+fi
+export POSTBUS_PYTHON="$PWD/tests/.venv/bin/python"
+
+# The crash tests run the real binaries.
+cargo build --bins -q
+cargo test --workspace --no-fail-fast "$@"
