@@ -42,7 +42,7 @@ pub struct BrokerConfig {
     pub heartbeat_grace: f64,
     /// Time a new connection has to send CONNECT, ms.
     pub connect_timeout_ms: u64,
-    /// Group-commit writers (connections committing in parallel).
+    /// Group-commit batches committing in parallel.
     pub writers: usize,
     /// Most units (sends, acks, commits) in one group commit.
     pub max_batch_units: usize,

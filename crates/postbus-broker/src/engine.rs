@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::config::BrokerConfig;
 use crate::queue::{QueueRuntime, run_dispatcher};
-use crate::writer::{CommitObserver, WriteError, Writers};
+use crate::writer::{CommitObserver, WriteError, WriterLimits, Writers};
 
 /// Errors the engine reports to sessions and the admin surface.
 #[derive(Debug, thiserror::Error)]
@@ -100,13 +100,16 @@ impl Engine {
         let recovered = store.reap_nodes(node, &node_name).await?;
         tracing::info!(node = node.0, name = %node_name, recovered_queues = recovered.len(), "broker node registered");
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let limits = WriterLimits {
+                max_in_flight: config.writers,
+                max_units: config.max_batch_units,
+                max_bytes: config.max_batch_bytes,
+                retry_for: Duration::from_millis(config.write_retry_ms),
+            };
             let writers = Writers::start(
                 store.clone(),
                 node,
-                config.writers,
-                config.max_batch_units,
-                config.max_batch_bytes,
-                Duration::from_millis(config.write_retry_ms),
+                limits,
                 Arc::new(WakeOnCommit(weak.clone())),
             );
             Inner {
@@ -358,6 +361,30 @@ impl Engine {
         };
         if let Err(e) = self.write(0, unit).await {
             tracing::error!(queue = %queue.name, error = %e, "moving messages to the dead-letter queue failed; they will be retried");
+        }
+    }
+
+    /// Returns claimed messages that were never delivered (no delivery is counted).
+    pub async fn give_back(&self, queue: &QueueRuntime, messages: Vec<StoredMessage>) {
+        let releases = messages
+            .iter()
+            .map(|m| ReleaseRow {
+                id: m.id.0,
+                increment: 0,
+                ..Default::default()
+            })
+            .collect();
+        if let Err(e) = self
+            .write(
+                0,
+                Unit {
+                    releases,
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            tracing::error!(queue = %queue.name, error = %e, "giving back claimed messages failed; they return when this node restarts");
         }
     }
 

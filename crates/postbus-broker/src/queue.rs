@@ -100,6 +100,9 @@ struct QueueState {
     /// Releases under way: while any is, nothing is claimed, so a released message cannot be
     /// overtaken by a later one of its group.
     releasing: u32,
+    /// Counts releases started; a claim that ran while one started may hold messages that
+    /// must not overtake the released ones, so it gives them back (see `take_claimed`).
+    release_epoch: u64,
     /// Messages still settling (an ack or rollback under way) whose consumer is gone, with
     /// their group: the group stays with nobody until they settle.
     orphans: HashMap<i64, Option<String>>,
@@ -201,13 +204,16 @@ impl QueueRuntime {
         let pending: Vec<i64> = st.pending.drain(..).map(|m| m.id.0).collect();
         if !returned.is_empty() || !pending.is_empty() {
             st.releasing += 1;
+            st.release_epoch += 1;
         }
         (returned, pending)
     }
 
     /// A NACK or rollback is about to release messages: pause claims until it commits.
     pub fn begin_release(&self) {
-        self.lock().releasing += 1;
+        let mut st = self.lock();
+        st.releasing += 1;
+        st.release_epoch += 1;
     }
 
     /// A release started by [`QueueRuntime::remove_consumer`] or a NACK has committed (or failed).
@@ -299,11 +305,13 @@ impl QueueRuntime {
         self.wake.notify_one();
     }
 
-    /// Places pending messages and returns how many more this node may claim now.
-    fn place_pending_and_credit(self: &Arc<Self>, claim_batch: usize) -> usize {
+    /// Places pending messages and returns how many more this node may claim now, with the
+    /// release epoch the claim starts in.
+    fn place_pending_and_credit(self: &Arc<Self>, claim_batch: usize) -> (usize, u64) {
         let mut st = self.lock();
+        let epoch = st.release_epoch;
         if st.closed || st.releasing > 0 || st.consumers.is_empty() {
-            return 0;
+            return (0, epoch);
         }
         let pending: Vec<StoredMessage> = st.pending.drain(..).collect();
         let mut blocked_groups: HashSet<String> = HashSet::new();
@@ -332,9 +340,12 @@ impl QueueRuntime {
             st.consumers.iter().map(|c| c.credit()).sum()
         };
         if st.pending.len() >= claim_batch {
-            return 0;
+            return (0, epoch);
         }
-        credit.saturating_sub(st.pending.len()).min(claim_batch)
+        (
+            credit.saturating_sub(st.pending.len()).min(claim_batch),
+            epoch,
+        )
     }
 
     fn is_exclusive(&self, st: &QueueState) -> bool {
@@ -399,9 +410,23 @@ impl QueueRuntime {
         None
     }
 
-    fn take_claimed(self: &Arc<Self>, messages: Vec<StoredMessage>) {
+    /// Keeps claimed messages for placement. If a release started while the claim ran, they
+    /// could overtake the released messages (a later message of a group whose earlier one
+    /// just went back): then they are handed back to be released too, with the release
+    /// counted as under way.
+    fn take_claimed(
+        self: &Arc<Self>,
+        messages: Vec<StoredMessage>,
+        epoch: u64,
+    ) -> Vec<StoredMessage> {
         let mut st = self.lock();
+        if st.release_epoch != epoch && !messages.is_empty() {
+            st.releasing += 1;
+            st.release_epoch += 1;
+            return messages;
+        }
         st.pending.extend(messages);
+        Vec::new()
     }
 
     /// Stops the dispatcher (the queue was deleted or the broker is shutting down).
@@ -436,7 +461,7 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
             return;
         }
         loop {
-            let want = queue.place_pending_and_credit(batch);
+            let (want, epoch) = queue.place_pending_and_credit(batch);
             if want == 0 {
                 break;
             }
@@ -452,7 +477,12 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
                     if !dead.is_empty() {
                         engine.dead_letter(&queue, dead).await;
                     }
-                    queue.take_claimed(deliverable);
+                    let give_back = queue.take_claimed(deliverable, epoch);
+                    if !give_back.is_empty() {
+                        engine.give_back(&queue, give_back).await;
+                        queue.release_done();
+                        continue;
+                    }
                     if got < want {
                         // Drained: one more placement round, then wait for news.
                         queue.place_pending_and_credit(batch);

@@ -1,15 +1,19 @@
-//! Group commit. Connections hand units (a send, an ack, a transaction's COMMIT) to a writer;
-//! the writer takes everything queued behind the first unit and commits it all in one
-//! PostgreSQL transaction, then answers each waiting connection.
+//! Group commit. Connections hand units (a send, an ack, a transaction's COMMIT) to the
+//! writer; it gathers everything queued into one batch and commits it in one PostgreSQL
+//! transaction, then answers each waiting connection. Up to `max_in_flight` batches commit in
+//! parallel, so one fsync wait does not stall everybody.
 //!
-//! A connection always uses the same writer, so its units commit in the order it sent them
-//! (the JMS per-producer order); different writers commit in parallel, so one fsync wait does
-//! not stall everybody.
+//! A connection's units commit in the order it sent them (the JMS per-producer order): while a
+//! connection has a unit in a batch that has not committed yet, its later units wait for the
+//! next batch.
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postbus_store::{NodeId, Store, StoreError, Unit, UnitOutcome, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 /// Why a unit did not commit.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -23,6 +27,8 @@ pub enum WriteError {
 }
 
 struct Request {
+    /// The connection it came from; 0 for the engine's own units, which need no ordering.
+    conn: u64,
     unit: Unit,
     durable: bool,
     bytes: usize,
@@ -32,7 +38,7 @@ struct Request {
 /// The handle connections use to submit units.
 #[derive(Clone)]
 pub struct Writers {
-    lanes: Vec<mpsc::UnboundedSender<Request>>,
+    tx: mpsc::UnboundedSender<Request>,
 }
 
 /// Hooks the writer calls after a batch committed (to wake dispatchers, count metrics...).
@@ -40,36 +46,29 @@ pub trait CommitObserver: Send + Sync + 'static {
     fn committed(&self, units: &[Unit], outcomes: &[UnitOutcome], elapsed: Duration);
 }
 
+/// Batch limits.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterLimits {
+    pub max_in_flight: usize,
+    pub max_units: usize,
+    pub max_bytes: usize,
+    pub retry_for: Duration,
+}
+
 impl Writers {
-    /// Starts `lanes` writer tasks over the store.
+    /// Starts the writer over the store.
     pub fn start(
         store: Store,
         node: NodeId,
-        lanes: usize,
-        max_units: usize,
-        max_bytes: usize,
-        retry_for: Duration,
-        observer: std::sync::Arc<dyn CommitObserver>,
+        limits: WriterLimits,
+        observer: Arc<dyn CommitObserver>,
     ) -> Writers {
-        let lanes = (0..lanes.max(1))
-            .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(run_lane(
-                    store.clone(),
-                    node,
-                    rx,
-                    max_units,
-                    max_bytes,
-                    retry_for,
-                    observer.clone(),
-                ));
-                tx
-            })
-            .collect();
-        Writers { lanes }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(coordinate(store, node, rx, limits, observer));
+        Writers { tx }
     }
 
-    /// Submits a unit on the lane of connection `conn`; the answer comes once it committed.
+    /// Submits a unit of connection `conn`; the answer comes once it committed.
     pub fn submit(
         &self,
         conn: u64,
@@ -86,9 +85,9 @@ impl Writers {
             .map(|r| r.message.body.len() + 256)
             .sum::<usize>()
             + 64;
-        let lane = &self.lanes[(conn % self.lanes.len() as u64) as usize];
-        // A closed lane means the broker is shutting down; the dropped reply says so.
-        let _ = lane.send(Request {
+        // A closed channel means the broker is shutting down; the dropped reply says so.
+        let _ = self.tx.send(Request {
+            conn,
             unit,
             durable,
             bytes,
@@ -98,70 +97,135 @@ impl Writers {
     }
 }
 
-async fn run_lane(
+/// Gathers queued units into batches and keeps up to `max_in_flight` of them committing.
+async fn coordinate(
     store: Store,
     node: NodeId,
     mut rx: mpsc::UnboundedReceiver<Request>,
-    max_units: usize,
-    max_bytes: usize,
-    retry_for: Duration,
-    observer: std::sync::Arc<dyn CommitObserver>,
+    limits: WriterLimits,
+    observer: Arc<dyn CommitObserver>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut requests = vec![first];
-        let mut bytes = requests[0].bytes;
-        while requests.len() < max_units && bytes < max_bytes {
-            match rx.try_recv() {
-                Ok(r) => {
-                    bytes += r.bytes;
-                    requests.push(r);
+    let mut queue: VecDeque<Request> = VecDeque::new();
+    let mut busy: HashSet<u64> = HashSet::new();
+    let mut running: JoinSet<Vec<u64>> = JoinSet::new();
+    let mut open = true;
+    loop {
+        while running.len() < limits.max_in_flight.max(1) {
+            let batch = take_batch(&mut queue, &busy, &limits);
+            if batch.is_empty() {
+                break;
+            }
+            let conns: Vec<u64> = batch.iter().map(|r| r.conn).filter(|c| *c != 0).collect();
+            busy.extend(conns.iter().copied());
+            let (store, observer) = (store.clone(), observer.clone());
+            running.spawn(async move {
+                write_and_reply(&store, node, batch, limits.retry_for, &*observer).await;
+                conns
+            });
+        }
+        if !open && queue.is_empty() && running.is_empty() {
+            return;
+        }
+        tokio::select! {
+            r = rx.recv(), if open => match r {
+                Some(req) => {
+                    queue.push_back(req);
+                    while let Ok(req) = rx.try_recv() {
+                        queue.push_back(req);
+                    }
                 }
-                Err(_) => break,
+                None => open = false,
+            },
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(conns) = done {
+                    for c in conns {
+                        busy.remove(&c);
+                    }
+                }
             }
         }
-        let durable = requests.iter().any(|r| r.durable);
-        let mut units = Vec::with_capacity(requests.len());
-        let mut replies = Vec::with_capacity(requests.len());
-        for r in requests {
-            units.push(r.unit);
-            replies.push(r.reply);
-        }
-        let batch = WriteBatch {
-            node,
-            units,
-            durable,
-        };
-        let started = Instant::now();
-        let result = write_with_retry(&store, &batch, retry_for).await;
-        if let Err(e) = &result
-            && batch.units.len() > 1
-            && !e.is_connection_error()
-        {
-            // One unit's statement was refused (e.g. its queue was deleted meanwhile): run the
-            // units one by one so only that unit's client gets the error.
-            tracing::warn!(error = %e, units = batch.units.len(), "group commit refused; retrying its units one by one");
-            let results = write_units_alone(&store, &batch, retry_for).await;
-            for (reply, r) in replies.into_iter().zip(results) {
-                let _ = reply.send(r);
+    }
+}
+
+/// Takes the queued units that may go into the next batch: those of connections with nothing
+/// committing, in order, each connection's units contiguous from its oldest.
+fn take_batch(
+    queue: &mut VecDeque<Request>,
+    busy: &HashSet<u64>,
+    limits: &WriterLimits,
+) -> Vec<Request> {
+    let mut batch = Vec::new();
+    let mut held: HashSet<u64> = HashSet::new();
+    let mut rest = VecDeque::with_capacity(queue.len());
+    let mut bytes = 0;
+    while let Some(r) = queue.pop_front() {
+        let full =
+            batch.len() >= limits.max_units || (bytes >= limits.max_bytes && !batch.is_empty());
+        let blocked = r.conn != 0 && (busy.contains(&r.conn) || held.contains(&r.conn));
+        if full || blocked {
+            // Everything later from this connection must wait behind this one.
+            if r.conn != 0 {
+                held.insert(r.conn);
             }
+            rest.push_back(r);
             continue;
         }
-        match result {
-            Ok(outcomes) => {
-                observer.committed(&batch.units, &outcomes, started.elapsed());
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
+        bytes += r.bytes;
+        batch.push(r);
+    }
+    *queue = rest;
+    batch
+}
+
+async fn write_and_reply(
+    store: &Store,
+    node: NodeId,
+    requests: Vec<Request>,
+    retry_for: Duration,
+    observer: &dyn CommitObserver,
+) {
+    let durable = requests.iter().any(|r| r.durable);
+    let mut units = Vec::with_capacity(requests.len());
+    let mut replies = Vec::with_capacity(requests.len());
+    for r in requests {
+        units.push(r.unit);
+        replies.push(r.reply);
+    }
+    let batch = WriteBatch {
+        node,
+        units,
+        durable,
+    };
+    let started = Instant::now();
+    let result = write_with_retry(store, &batch, retry_for).await;
+    if let Err(e) = &result
+        && batch.units.len() > 1
+        && !e.is_connection_error()
+    {
+        // One unit's statement was refused (e.g. its queue was deleted meanwhile): run the
+        // units one by one so only that unit's client gets the error.
+        tracing::warn!(error = %e, units = batch.units.len(), "group commit refused; retrying its units one by one");
+        let results = write_units_alone(store, &batch, retry_for).await;
+        for (reply, r) in replies.into_iter().zip(results) {
+            let _ = reply.send(r);
+        }
+        return;
+    }
+    match result {
+        Ok(outcomes) => {
+            observer.committed(&batch.units, &outcomes, started.elapsed());
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
             }
-            Err(e) => {
-                let err = match &e {
-                    StoreError::UnknownOutcome(m) => WriteError::Unknown(m.clone()),
-                    other => WriteError::Failed(other.to_string()),
-                };
-                tracing::error!(error = %e, units = batch.units.len(), "group commit failed");
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
+        }
+        Err(e) => {
+            let err = match &e {
+                StoreError::UnknownOutcome(m) => WriteError::Unknown(m.clone()),
+                other => WriteError::Failed(other.to_string()),
+            };
+            tracing::error!(error = %e, units = batch.units.len(), "group commit failed");
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
             }
         }
     }

@@ -111,6 +111,36 @@ impl Store {
         batch: &WriteBatch,
         excluded: &HashMap<usize, UnitOutcome>,
     ) -> Result<Attempt, StoreError> {
+        let client = self.client().await?;
+        match self.run_batch(&client, batch, excluded).await {
+            Ok(Step::Commit(outcomes, xid)) => {
+                if let Err(e) = client.batch_execute("COMMIT").await {
+                    // Committed after all (learned from pg_xact_status) falls through.
+                    self.resolve_commit_failure(e, &xid).await?;
+                }
+                Ok(Attempt::Done(outcomes))
+            }
+            Ok(Step::Rollback(excluded_now)) => {
+                client.batch_execute("ROLLBACK").await?;
+                Ok(Attempt::Exclude(excluded_now))
+            }
+            Err(e) => {
+                // Never hand a connection back to the pool inside a transaction.
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a batch's statements inside a transaction, pipelining those that do not depend on
+    /// each other: BEGIN with the id allocation; dedup with the client-transaction record; then
+    /// the insert, the acks and the releases together. Leaves the transaction open.
+    async fn run_batch(
+        &self,
+        client: &deadpool_postgres::Client,
+        batch: &WriteBatch,
+        excluded: &HashMap<usize, UnitOutcome>,
+    ) -> Result<Step, StoreError> {
         let now = postbus_model::now_ms();
         let live: Vec<(usize, &Unit)> = batch
             .units
@@ -118,58 +148,33 @@ impl Store {
             .enumerate()
             .filter(|(i, _)| !excluded.contains_key(i))
             .collect();
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        if !batch.durable {
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .await?;
-        }
-        // The transaction id lets us learn the outcome if the connection breaks during COMMIT.
-        let xid: String = tx
-            .query_one("SELECT pg_current_xact_id()::text", &[])
-            .await?
-            .get(0);
-
-        // Client transactions first: one committed before is answered from the record.
-        let txs: Vec<(usize, &(String, String))> = live
-            .iter()
-            .filter_map(|(i, u)| u.client_tx.as_ref().map(|t| (*i, t)))
-            .collect();
-        if !txs.is_empty() {
-            let clients: Vec<&str> = txs.iter().map(|(_, t)| t.0.as_str()).collect();
-            let ids: Vec<&str> = txs.iter().map(|(_, t)| t.1.as_str()).collect();
-            let at: Vec<i64> = vec![now; txs.len()];
-            let rows = tx
-                .query(queries::INSERT_CLIENT_TX, &[&clients, &ids, &at])
-                .await?;
-            let recorded: HashSet<(String, String)> =
-                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            let repeated: Vec<(usize, UnitOutcome)> = txs
-                .iter()
-                .filter(|(_, t)| !recorded.contains(&(t.0.clone(), t.1.clone())))
-                .map(|(i, _)| (*i, UnitOutcome::AlreadyCommitted))
-                .collect();
-            if !repeated.is_empty() {
-                tx.rollback().await?;
-                return Ok(Attempt::Exclude(repeated));
-            }
-        }
-
-        // Message ids, in send order.
         let inserts: Vec<(usize, &InsertRow)> = live
             .iter()
             .flat_map(|(i, u)| u.inserts.iter().map(move |r| (*i, r)))
             .collect();
-        let mut ids: Vec<i64> = Vec::with_capacity(inserts.len());
-        if !inserts.is_empty() {
-            let n = inserts.len() as i32;
-            for row in tx.query(queries::ALLOCATE_IDS, &[&n]).await? {
-                ids.push(row.get(0));
-            }
-        }
 
-        // Dedup: decide which inserts are duplicates (of the database's record or of an
-        // earlier row in this very batch).
+        // BEGIN, and the transaction id (to learn the outcome if the connection breaks during
+        // COMMIT) with the message ids, in send order: one round trip.
+        let begin = if batch.durable {
+            "BEGIN"
+        } else {
+            "BEGIN; SET LOCAL synchronous_commit = off"
+        };
+        let head_stmt = client.prepare_cached(queries::BATCH_HEAD).await?;
+        let n = inserts.len() as i32;
+        let head_params: [&(dyn ToSql + Sync); 1] = [&n];
+        let (_, head) = tokio::try_join!(
+            client.batch_execute(begin),
+            client.query_one(&head_stmt, &head_params)
+        )?;
+        let xid: String = head.get(0);
+        let ids: Vec<i64> = head.get(1);
+
+        // Client transactions and dedup ids: one round trip.
+        let txs: Vec<(usize, &(String, String))> = live
+            .iter()
+            .filter_map(|(i, u)| u.client_tx.as_ref().map(|t| (*i, t)))
+            .collect();
         let mut outcome_of_insert: Vec<InsertOutcome> = ids
             .iter()
             .map(|id| InsertOutcome::Stored(MessageId(*id)))
@@ -192,13 +197,39 @@ impl Store {
             de.push(now.saturating_add(row.dedup_window_ms));
             dedup_rows.push(k);
         }
-        if !dedup_rows.is_empty() {
-            let accepted: HashSet<(i32, String)> = tx
-                .query(queries::INSERT_DEDUP, &[&dq, &dd, &dm, &de, &now])
-                .await?
+        let tx_clients: Vec<&str> = txs.iter().map(|(_, t)| t.0.as_str()).collect();
+        let tx_ids: Vec<&str> = txs.iter().map(|(_, t)| t.1.as_str()).collect();
+        let tx_at: Vec<i64> = vec![now; txs.len()];
+        let record_txs = async {
+            if txs.is_empty() {
+                return Ok::<_, StoreError>(Vec::new());
+            }
+            let stmt = client.prepare_cached(queries::INSERT_CLIENT_TX).await?;
+            Ok(client.query(&stmt, &[&tx_clients, &tx_ids, &tx_at]).await?)
+        };
+        let record_dedup = async {
+            if dedup_rows.is_empty() {
+                return Ok::<_, StoreError>(Vec::new());
+            }
+            let stmt = client.prepare_cached(queries::INSERT_DEDUP).await?;
+            Ok(client.query(&stmt, &[&dq, &dd, &dm, &de, &now]).await?)
+        };
+        let (tx_rows, dedup_result) = tokio::try_join!(record_txs, record_dedup)?;
+        if !txs.is_empty() {
+            let recorded: HashSet<(String, String)> =
+                tx_rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let repeated: Vec<(usize, UnitOutcome)> = txs
                 .iter()
-                .map(|r| (r.get(0), r.get(1)))
+                .filter(|(_, t)| !recorded.contains(&(t.0.clone(), t.1.clone())))
+                .map(|(i, _)| (*i, UnitOutcome::AlreadyCommitted))
                 .collect();
+            if !repeated.is_empty() {
+                return Ok(Step::Rollback(repeated));
+            }
+        }
+        if !dedup_rows.is_empty() {
+            let accepted: HashSet<(i32, String)> =
+                dedup_result.iter().map(|r| (r.get(0), r.get(1))).collect();
             let mut dup_q = Vec::new();
             let mut dup_d = Vec::new();
             for &k in &dedup_rows {
@@ -211,8 +242,9 @@ impl Store {
                 }
             }
             if !dup_q.is_empty() {
-                let existing: HashMap<(i32, String), i64> = tx
-                    .query(queries::FIND_DEDUP, &[&dup_q, &dup_d])
+                let stmt = client.prepare_cached(queries::FIND_DEDUP).await?;
+                let existing: HashMap<(i32, String), i64> = client
+                    .query(&stmt, &[&dup_q, &dup_d])
                     .await?
                     .iter()
                     .map(|r| ((r.get(0), r.get(1)), r.get(2)))
@@ -230,31 +262,37 @@ impl Store {
             }
         }
 
+        // The insert, the acks and the releases: one round trip.
         let to_insert: Vec<usize> = (0..inserts.len())
             .filter(|k| matches!(outcome_of_insert[*k], InsertOutcome::Stored(_)))
             .collect();
-        if !to_insert.is_empty() {
-            insert_messages(&tx, &inserts, &ids, &to_insert).await?;
-        }
-
-        // Acks.
         let all_acks: Vec<i64> = live
             .iter()
             .flat_map(|(_, u)| u.acks.iter().copied())
             .collect();
-        let mut acked: HashSet<i64> = HashSet::new();
-        if !all_acks.is_empty() {
-            for row in tx
-                .query(queries::DELETE_ACKED, &[&batch.node.0, &all_acks])
-                .await?
-            {
-                acked.insert(row.get(0));
-            }
-        }
-        // Releases.
         let releases: Vec<&ReleaseRow> = live.iter().flat_map(|(_, u)| u.releases.iter()).collect();
-        let mut released: HashSet<i64> = HashSet::new();
-        if !releases.is_empty() {
+        let do_insert = async {
+            if !to_insert.is_empty() {
+                insert_messages(client, &inserts, &ids, &to_insert).await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        let do_acks = async {
+            if all_acks.is_empty() {
+                return Ok::<_, StoreError>(HashSet::new());
+            }
+            let stmt = client.prepare_cached(queries::DELETE_ACKED).await?;
+            Ok(client
+                .query(&stmt, &[&batch.node.0, &all_acks])
+                .await?
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .collect())
+        };
+        let do_releases = async {
+            if releases.is_empty() {
+                return Ok::<_, StoreError>(HashSet::new());
+            }
             let id: Vec<i64> = releases.iter().map(|r| r.id).collect();
             let inc: Vec<i32> = releases.iter().map(|r| r.increment).collect();
             let ready: Vec<Option<i64>> = releases.iter().map(|r| r.ready_at).collect();
@@ -262,9 +300,10 @@ impl Store {
             let reason: Vec<Option<&str>> = releases.iter().map(|r| r.reason.as_deref()).collect();
             let origin: Vec<Option<&str>> = releases.iter().map(|r| r.origin.as_deref()).collect();
             let err: Vec<Option<&str>> = releases.iter().map(|r| r.last_error.as_deref()).collect();
-            for row in tx
+            let stmt = client.prepare_cached(queries::RELEASE).await?;
+            Ok(client
                 .query(
-                    queries::RELEASE,
+                    &stmt,
                     &[
                         &batch.node.0,
                         &id,
@@ -277,10 +316,11 @@ impl Store {
                     ],
                 )
                 .await?
-            {
-                released.insert(row.get(0));
-            }
-        }
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .collect())
+        };
+        let ((), acked, released) = tokio::try_join!(do_insert, do_acks, do_releases)?;
 
         // An atomic unit whose acks or releases were not all applied fails alone.
         let failed: Vec<(usize, UnitOutcome)> = live
@@ -300,13 +340,7 @@ impl Store {
             })
             .collect();
         if !failed.is_empty() {
-            tx.rollback().await?;
-            return Ok(Attempt::Exclude(failed));
-        }
-
-        if let Err(e) = tx.commit().await {
-            // Committed after all (learned from pg_xact_status) falls through to the outcomes.
-            self.resolve_commit_failure(e, &xid).await?;
+            return Ok(Step::Rollback(failed));
         }
 
         let mut outcomes = vec![UnitOutcome::Rejected(String::new()); batch.units.len()];
@@ -330,7 +364,7 @@ impl Store {
                     .collect(),
             };
         }
-        Ok(Attempt::Done(outcomes))
+        Ok(Step::Commit(outcomes, xid))
     }
 
     /// The connection broke during COMMIT: ask PostgreSQL on a fresh connection whether the
@@ -391,8 +425,14 @@ enum Attempt {
     Exclude(Vec<(usize, UnitOutcome)>),
 }
 
+/// How an open batch transaction ends.
+enum Step {
+    Commit(Vec<UnitOutcome>, String),
+    Rollback(Vec<(usize, UnitOutcome)>),
+}
+
 async fn insert_messages(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &deadpool_postgres::Client,
     inserts: &[(usize, &InsertRow)],
     ids: &[i64],
     which: &[usize],
@@ -446,7 +486,7 @@ async fn insert_messages(
         &types,
         &body,
     ];
-    let stmt = tx.prepare_cached(queries::INSERT_MESSAGES).await?;
-    tx.execute(&stmt, &params).await?;
+    let stmt = client.prepare_cached(queries::INSERT_MESSAGES).await?;
+    client.execute(&stmt, &params).await?;
     Ok(())
 }

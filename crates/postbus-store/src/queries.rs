@@ -6,9 +6,10 @@ pub const MESSAGE_COLUMNS: &str = "m.id, m.queue_id, m.priority, m.expires_at, m
      m.user_id, m.traceparent, m.tracestate, m.properties, m.property_types, m.dlq_reason, m.origin, \
      m.last_error, m.body";
 
-/// Takes `$1` fresh message ids, in increasing order.
-pub const ALLOCATE_IDS: &str =
-    "SELECT nextval('postbus.message_id_seq') FROM generate_series(1, $1::int)";
+/// The first statement of a batch: the transaction's id (to learn the outcome if the connection
+/// breaks during COMMIT) and `$1` fresh message ids, in increasing order.
+pub const BATCH_HEAD: &str = "SELECT pg_current_xact_id()::text, \
+     ARRAY(SELECT nextval('postbus.message_id_seq') FROM generate_series(1, $1::int))";
 
 /// Records dedup ids; a live record with the same id makes the row absent from RETURNING
 /// (a duplicate); an expired one is taken over.
