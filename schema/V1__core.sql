@@ -70,15 +70,19 @@ CREATE TABLE postbus.messages (
 );
 ALTER TABLE postbus.messages ALTER COLUMN body SET STORAGE EXTERNAL;
 
--- What consumers scan: deliverable messages, best priority first, then FIFO.
+-- What consumers scan: deliverable messages outside groups, best priority first, then FIFO.
 CREATE INDEX messages_ready ON postbus.messages (queue_id, priority DESC, id)
-    WHERE owner IS NULL AND ready_at IS NULL;
+    WHERE owner IS NULL AND ready_at IS NULL AND group_id IS NULL;
+-- Deliverable grouped messages, in sequence (within a group, order wins over priority).
+CREATE INDEX messages_ready_grouped ON postbus.messages (queue_id, id)
+    WHERE owner IS NULL AND ready_at IS NULL AND group_id IS NOT NULL;
+-- Groups blocked by a message waiting for (re)delivery.
+CREATE INDEX messages_groups_waiting ON postbus.messages (queue_id, group_id)
+    WHERE ready_at IS NOT NULL AND group_id IS NOT NULL;
 -- The scheduler's scan for messages whose delay has passed.
 CREATE INDEX messages_scheduled ON postbus.messages (ready_at) WHERE ready_at IS NOT NULL;
 -- In-flight messages by owning node, for recovery after a node dies.
 CREATE INDEX messages_in_flight ON postbus.messages (owner) WHERE owner IS NOT NULL;
--- Message groups: the earlier messages of a group.
-CREATE INDEX messages_groups ON postbus.messages (queue_id, group_id, id) WHERE group_id IS NOT NULL;
 -- Expiry sweep.
 CREATE INDEX messages_expiring ON postbus.messages (expires_at) WHERE expires_at > 0;
 
@@ -114,3 +118,13 @@ CREATE TABLE postbus.client_transactions (
     PRIMARY KEY (client_id, tx_id)
 );
 CREATE INDEX client_transactions_age ON postbus.client_transactions (committed_at);
+
+-- Dispatch leases: which broker node dispatches a queue's grouped messages ('groups'), or all
+-- of an exclusive queue's messages ('exclusive'). One holder at a time keeps group order and
+-- exclusivity across brokers; a lease whose node is gone (declared dead) may be taken over.
+CREATE TABLE postbus.queue_leases (
+    queue_id integer NOT NULL REFERENCES postbus.destinations (id) ON DELETE CASCADE,
+    kind     text    NOT NULL CHECK (kind IN ('groups', 'exclusive')),
+    node_id  bigint  NOT NULL,
+    PRIMARY KEY (queue_id, kind)
+);

@@ -66,3 +66,58 @@ async fn two_brokers_on_one_database_stay_correct_when_one_dies() {
         b.log_tail()
     );
 }
+
+/// Exclusive consumers on two brokers: only one receives; when it goes, the other takes over
+/// from the first unacknowledged message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_queue_has_one_active_consumer_across_brokers() {
+    use postbus_tests::{TestBroker, test_config};
+    let mut cfg_a = test_config();
+    cfg_a.node_name = Some("excl-a".into());
+    let a = TestBroker::start_with(cfg_a).await;
+    let mut cfg_b = test_config();
+    cfg_b.node_name = Some("excl-b".into());
+    let b = TestBroker::on_database(&a.url, a.store.clone(), cfg_b).await;
+    let mut p = a.client().await;
+    for i in 0..6 {
+        p.send("/queue/ex2", format!("{i}"), &[]).await.unwrap();
+    }
+    let mut ca = a.client().await;
+    ca.subscribe(
+        "/queue/ex2",
+        "s",
+        "client-individual",
+        &[("exclusive", "true")],
+    )
+    .await
+    .unwrap();
+    let first = ca
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the first consumer receives");
+    let mut cb = b.client().await;
+    cb.subscribe(
+        "/queue/ex2",
+        "s",
+        "client-individual",
+        &[("exclusive", "true")],
+    )
+    .await
+    .unwrap();
+    assert!(
+        cb.recv_timeout(Duration::from_millis(800))
+            .await
+            .unwrap()
+            .is_none(),
+        "a second exclusive consumer on another broker received"
+    );
+    ca.ack(&first, None).await.unwrap();
+    drop(ca);
+    let next = cb
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the other broker takes over");
+    assert_eq!(String::from_utf8_lossy(&next.body), "1");
+}

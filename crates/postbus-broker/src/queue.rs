@@ -305,13 +305,14 @@ impl QueueRuntime {
         self.wake.notify_one();
     }
 
-    /// Places pending messages and returns how many more this node may claim now, with the
-    /// release epoch the claim starts in.
-    fn place_pending_and_credit(self: &Arc<Self>, claim_batch: usize) -> (usize, u64) {
+    /// Places pending messages and returns how many more this node may claim now, the
+    /// release epoch the claim starts in, and whether the queue is served exclusively.
+    fn place_pending_and_credit(self: &Arc<Self>, claim_batch: usize) -> (usize, u64, bool) {
         let mut st = self.lock();
         let epoch = st.release_epoch;
+        let exclusive = self.is_exclusive(&st);
         if st.closed || st.releasing > 0 || st.consumers.is_empty() {
-            return (0, epoch);
+            return (0, epoch, exclusive);
         }
         let pending: Vec<StoredMessage> = st.pending.drain(..).collect();
         let mut blocked_groups: HashSet<String> = HashSet::new();
@@ -340,12 +341,19 @@ impl QueueRuntime {
             st.consumers.iter().map(|c| c.credit()).sum()
         };
         if st.pending.len() >= claim_batch {
-            return (0, epoch);
+            return (0, epoch, exclusive);
         }
         (
             credit.saturating_sub(st.pending.len()).min(claim_batch),
             epoch,
+            exclusive,
         )
+    }
+
+    /// No consumers, nothing claimed and nothing being released: leases can go.
+    fn is_idle(&self) -> bool {
+        let st = self.lock();
+        st.consumers.is_empty() && st.pending.is_empty() && st.releasing == 0
     }
 
     fn is_exclusive(&self, st: &QueueState) -> bool {
@@ -449,52 +457,118 @@ fn dec_group(groups: &mut HashMap<String, (ConsumerId, u32)>, g: &str) {
     }
 }
 
+/// Dispatch leases this node holds on a queue (see `postbus.queue_leases`).
+#[derive(Default)]
+struct Leases {
+    groups: bool,
+    exclusive: bool,
+    last_try: Option<std::time::Instant>,
+}
+
 /// The dispatcher: claims deliverable messages from PostgreSQL as consumers have credit, and
 /// places them. Woken by commits on this node, by acks, and by a poll for what other brokers
 /// and SQL callers wrote.
+///
+/// Grouped messages are claimed only while this node holds the queue's 'groups' lease, and an
+/// exclusive queue is served only while it holds the 'exclusive' lease: one broker at a time,
+/// so group order and exclusivity hold across brokers. Leases are given up when the queue has
+/// no consumers here any more.
 pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
     let poll = Duration::from_millis(engine.config().poll_interval_ms.max(10));
     let batch = engine.config().claim_batch.max(1) as usize;
     let mut backoff = Duration::from_millis(50);
+    let mut leases = Leases::default();
+    let mut grouped_first = false;
     loop {
-        if queue.is_closed() {
+        let closed = queue.is_closed();
+        if (closed || queue.is_idle()) && (leases.groups || leases.exclusive) {
+            match engine.store().release_leases(engine.node(), queue.id).await {
+                Ok(()) => leases = Leases::default(),
+                Err(e) => {
+                    tracing::warn!(queue = %queue.name, error = %e, "releasing dispatch leases failed")
+                }
+            }
+        }
+        if closed {
             return;
         }
         loop {
-            let (want, epoch) = queue.place_pending_and_credit(batch);
+            let (want, epoch, exclusive) = queue.place_pending_and_credit(batch);
             if want == 0 {
                 break;
             }
-            match engine
-                .store()
-                .claim(engine.node(), queue.id, want as i64)
-                .await
-            {
-                Ok(messages) => {
-                    backoff = Duration::from_millis(50);
-                    let got = messages.len();
-                    let (deliverable, dead) = engine.split_dead_letters(&queue, messages);
-                    if !dead.is_empty() {
-                        engine.dead_letter(&queue, dead).await;
+            let needed = if exclusive {
+                leases.exclusive
+            } else {
+                leases.groups
+            };
+            if !needed && leases.last_try.is_none_or(|t| t.elapsed() >= poll) {
+                leases.last_try = Some(std::time::Instant::now());
+                let kind = if exclusive { "exclusive" } else { "groups" };
+                match engine
+                    .store()
+                    .acquire_lease(engine.node(), queue.id, kind)
+                    .await
+                {
+                    Ok(held) if exclusive => leases.exclusive = held,
+                    Ok(held) => leases.groups = held,
+                    Err(e) => {
+                        tracing::warn!(queue = %queue.name, error = %e, "taking a dispatch lease failed")
                     }
-                    let give_back = queue.take_claimed(deliverable, epoch);
-                    if !give_back.is_empty() {
-                        engine.give_back(&queue, give_back).await;
-                        queue.release_done();
-                        continue;
-                    }
-                    if got < want {
-                        // Drained: one more placement round, then wait for news.
-                        queue.place_pending_and_credit(batch);
+                }
+            }
+            if exclusive && !leases.exclusive {
+                // Another broker serves this exclusive queue.
+                break;
+            }
+            let may_group = leases.groups || leases.exclusive;
+            let kinds: &[bool] = match (may_group, grouped_first) {
+                (false, _) => &[false],
+                (true, true) => &[true, false],
+                (true, false) => &[false, true],
+            };
+            grouped_first = !grouped_first;
+            let mut claimed = Vec::new();
+            let mut failed = None;
+            for &grouped in kinds {
+                let room = want - claimed.len();
+                if room == 0 {
+                    break;
+                }
+                match engine
+                    .store()
+                    .claim(engine.node(), queue.id, room as i64, grouped)
+                    .await
+                {
+                    Ok(m) => claimed.extend(m),
+                    Err(e) => {
+                        failed = Some(e);
                         break;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(queue = %queue.name, error = %e, "claim failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    break;
-                }
+            }
+            let got = claimed.len();
+            let (deliverable, dead) = engine.split_dead_letters(&queue, claimed);
+            if !dead.is_empty() {
+                engine.dead_letter(&queue, dead).await;
+            }
+            let give_back = queue.take_claimed(deliverable, epoch);
+            if !give_back.is_empty() {
+                engine.give_back(&queue, give_back).await;
+                queue.release_done();
+                continue;
+            }
+            if let Some(e) = failed {
+                tracing::warn!(queue = %queue.name, error = %e, "claim failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                break;
+            }
+            backoff = Duration::from_millis(50);
+            if got < want {
+                // Drained: one more placement round, then wait for news.
+                queue.place_pending_and_credit(batch);
+                break;
             }
         }
         tokio::select! {

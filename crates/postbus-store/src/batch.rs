@@ -91,6 +91,9 @@ impl Store {
     /// Commits a batch. On success every unit has an outcome, in order. An `Err` means the whole
     /// batch did not commit (or, for [`StoreError::UnknownOutcome`], that nobody knows).
     pub async fn write_batch(&self, batch: &WriteBatch) -> Result<Vec<UnitOutcome>, StoreError> {
+        if is_simple(batch) {
+            return self.simple_batch(batch).await;
+        }
         let mut excluded: HashMap<usize, UnitOutcome> = HashMap::new();
         // Each retry excludes at least one more unit, so this loop ends.
         loop {
@@ -104,6 +107,107 @@ impl Store {
                 Attempt::Exclude(more) => excluded.extend(more),
             }
         }
+    }
+
+    /// The hot path for batches without dedup ids, client-transaction records or atomic acks:
+    /// BEGIN, one statement that inserts, acks and releases everything, and COMMIT, sent
+    /// together in one round trip. If the statement fails, PostgreSQL turns the COMMIT into a
+    /// rollback, so the batch is all or nothing.
+    async fn simple_batch(&self, batch: &WriteBatch) -> Result<Vec<UnitOutcome>, StoreError> {
+        let client = self.client().await?;
+        let rows: Vec<&InsertRow> = batch.units.iter().flat_map(|u| u.inserts.iter()).collect();
+        let cols = Columns::new(&rows);
+        let acks: Vec<i64> = batch
+            .units
+            .iter()
+            .flat_map(|u| u.acks.iter().copied())
+            .collect();
+        let releases: Vec<&ReleaseRow> =
+            batch.units.iter().flat_map(|u| u.releases.iter()).collect();
+        let rel = ReleaseColumns::new(&releases);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(27);
+        params.extend(cols.params());
+        params.push(&batch.node.0);
+        params.push(&acks);
+        params.extend(rel.params());
+        let stmt = client.prepare_cached(queries::SIMPLE_BATCH).await?;
+        let xid_stmt = client.prepare_cached(queries::CURRENT_XID).await?;
+        let begin = if batch.durable {
+            "BEGIN"
+        } else {
+            "BEGIN; SET LOCAL synchronous_commit = off"
+        };
+        let (b, xid, rows_out, commit) = tokio::join!(
+            client.batch_execute(begin),
+            client.query_one(&xid_stmt, &[]),
+            client.query(&stmt, &params),
+            client.batch_execute("COMMIT"),
+        );
+        // A failed BEGIN fails the statements after it too (the connection broke); if it ran
+        // in autocommit instead, the single statement is still all or nothing.
+        drop(b);
+        let xid: Option<String> = xid.ok().map(|r| r.get(0));
+        let rows_out = match rows_out {
+            Ok(r) => r,
+            Err(e) => {
+                // The statement failed, so the COMMIT rolled back (or never ran).
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = commit {
+            match &xid {
+                Some(x) => self.resolve_commit_failure(e, x).await?,
+                None => {
+                    return Err(StoreError::UnknownOutcome(
+                        "the connection broke before the transaction id was read".into(),
+                    ));
+                }
+            }
+        }
+        let mut ids = vec![0i64; rows.len()];
+        let mut acked = HashSet::new();
+        let mut released = HashSet::new();
+        for r in &rows_out {
+            let kind: i32 = r.get(0);
+            let id: i64 = r.get(1);
+            match kind {
+                0 => ids[(r.get::<_, i64>(2) - 1) as usize] = id,
+                1 => {
+                    acked.insert(id);
+                }
+                _ => {
+                    released.insert(id);
+                }
+            }
+        }
+        let mut k = 0;
+        Ok(batch
+            .units
+            .iter()
+            .map(|u| {
+                let inserted = ids[k..k + u.inserts.len()]
+                    .iter()
+                    .map(|id| InsertOutcome::Stored(MessageId(*id)))
+                    .collect();
+                k += u.inserts.len();
+                UnitOutcome::Committed {
+                    inserted,
+                    lost_acks: u
+                        .acks
+                        .iter()
+                        .copied()
+                        .filter(|id| !acked.contains(id))
+                        .collect(),
+                    lost_releases: u
+                        .releases
+                        .iter()
+                        .map(|r| r.id)
+                        .filter(|id| !released.contains(id))
+                        .collect(),
+                }
+            })
+            .collect())
     }
 
     async fn try_batch(
@@ -420,6 +524,16 @@ impl Store {
     }
 }
 
+/// True when a batch can take the one-round-trip path: nothing in it needs a decision between
+/// its statements and its COMMIT.
+fn is_simple(batch: &WriteBatch) -> bool {
+    batch.units.iter().all(|u| {
+        u.client_tx.is_none()
+            && u.inserts.iter().all(|r| r.message.dedup_id.is_none())
+            && !(u.atomic && (!u.acks.is_empty() || !u.releases.is_empty()))
+    })
+}
+
 enum Attempt {
     Done(Vec<UnitOutcome>),
     Exclude(Vec<(usize, UnitOutcome)>),
@@ -431,61 +545,133 @@ enum Step {
     Rollback(Vec<(usize, UnitOutcome)>),
 }
 
+/// A batch's messages as column arrays, the parameters of the multi-row insert.
+struct Columns<'a> {
+    queue: Vec<i32>,
+    priority: Vec<i16>,
+    ready_at: Vec<Option<i64>>,
+    expires: Vec<i64>,
+    persistent: Vec<bool>,
+    sent_at: Vec<i64>,
+    group_id: Vec<Option<&'a str>>,
+    group_seq: Vec<Option<i32>>,
+    corr: Vec<Option<&'a str>>,
+    reply: Vec<Option<&'a str>>,
+    ty: Vec<Option<&'a str>>,
+    ct: Vec<Option<&'a str>>,
+    user: Vec<Option<&'a str>>,
+    tp: Vec<Option<&'a str>>,
+    ts: Vec<Option<&'a str>>,
+    props: Vec<Option<serde_json::Value>>,
+    types: Vec<Option<serde_json::Value>>,
+    body: Vec<&'a [u8]>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(rows: &[&'a InsertRow]) -> Self {
+        let now = postbus_model::now_ms();
+        let m = |r: &&'a InsertRow| -> &'a NewMessage { &r.message };
+        Columns {
+            queue: rows.iter().map(|r| r.queue_id).collect(),
+            priority: rows.iter().map(|r| m(r).priority).collect(),
+            ready_at: rows
+                .iter()
+                .map(|r| m(r).deliver_at.filter(|t| *t > now))
+                .collect(),
+            expires: rows.iter().map(|r| m(r).expires_at).collect(),
+            persistent: rows.iter().map(|r| m(r).persistent).collect(),
+            sent_at: rows.iter().map(|r| m(r).sent_at).collect(),
+            group_id: rows.iter().map(|r| m(r).group_id.as_deref()).collect(),
+            group_seq: rows.iter().map(|r| m(r).group_seq).collect(),
+            corr: rows
+                .iter()
+                .map(|r| m(r).correlation_id.as_deref())
+                .collect(),
+            reply: rows.iter().map(|r| m(r).reply_to.as_deref()).collect(),
+            ty: rows.iter().map(|r| m(r).jms_type.as_deref()).collect(),
+            ct: rows.iter().map(|r| m(r).content_type.as_deref()).collect(),
+            user: rows.iter().map(|r| m(r).user_id.as_deref()).collect(),
+            tp: rows.iter().map(|r| m(r).traceparent.as_deref()).collect(),
+            ts: rows.iter().map(|r| m(r).tracestate.as_deref()).collect(),
+            props: rows.iter().map(|r| m(r).properties.to_json()).collect(),
+            types: rows.iter().map(|r| m(r).properties.types_json()).collect(),
+            body: rows.iter().map(|r| m(r).body.as_ref()).collect(),
+        }
+    }
+
+    /// The 18 column parameters, in the order of the insert statements' unnest.
+    fn params(&self) -> [&(dyn ToSql + Sync); 18] {
+        [
+            &self.queue,
+            &self.priority,
+            &self.ready_at,
+            &self.expires,
+            &self.persistent,
+            &self.sent_at,
+            &self.group_id,
+            &self.group_seq,
+            &self.corr,
+            &self.reply,
+            &self.ty,
+            &self.ct,
+            &self.user,
+            &self.tp,
+            &self.ts,
+            &self.props,
+            &self.types,
+            &self.body,
+        ]
+    }
+}
+
+/// A batch's releases as column arrays.
+struct ReleaseColumns<'a> {
+    id: Vec<i64>,
+    inc: Vec<i32>,
+    ready: Vec<Option<i64>>,
+    dead_letter: Vec<Option<i32>>,
+    reason: Vec<Option<&'a str>>,
+    origin: Vec<Option<&'a str>>,
+    error: Vec<Option<&'a str>>,
+}
+
+impl<'a> ReleaseColumns<'a> {
+    fn new(releases: &[&'a ReleaseRow]) -> Self {
+        ReleaseColumns {
+            id: releases.iter().map(|r| r.id).collect(),
+            inc: releases.iter().map(|r| r.increment).collect(),
+            ready: releases.iter().map(|r| r.ready_at).collect(),
+            dead_letter: releases.iter().map(|r| r.dead_letter).collect(),
+            reason: releases.iter().map(|r| r.reason.as_deref()).collect(),
+            origin: releases.iter().map(|r| r.origin.as_deref()).collect(),
+            error: releases.iter().map(|r| r.last_error.as_deref()).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.id,
+            &self.inc,
+            &self.ready,
+            &self.dead_letter,
+            &self.reason,
+            &self.origin,
+            &self.error,
+        ]
+    }
+}
+
 async fn insert_messages(
     client: &deadpool_postgres::Client,
     inserts: &[(usize, &InsertRow)],
     ids: &[i64],
     which: &[usize],
 ) -> Result<(), StoreError> {
-    let rows: Vec<&NewMessage> = which.iter().map(|k| &inserts[*k].1.message).collect();
-    let queue: Vec<i32> = which.iter().map(|k| inserts[*k].1.queue_id).collect();
+    let rows: Vec<&InsertRow> = which.iter().map(|k| inserts[*k].1).collect();
     let id: Vec<i64> = which.iter().map(|k| ids[*k]).collect();
-    let priority: Vec<i16> = rows.iter().map(|r| r.priority).collect();
-    let owner: Vec<Option<i64>> = vec![None; rows.len()];
-    let now = postbus_model::now_ms();
-    let ready_at: Vec<Option<i64>> = rows
-        .iter()
-        .map(|r| r.deliver_at.filter(|t| *t > now))
-        .collect();
-    let expires: Vec<i64> = rows.iter().map(|r| r.expires_at).collect();
-    let persistent: Vec<bool> = rows.iter().map(|r| r.persistent).collect();
-    let sent_at: Vec<i64> = rows.iter().map(|r| r.sent_at).collect();
-    let group_id: Vec<Option<&str>> = rows.iter().map(|r| r.group_id.as_deref()).collect();
-    let group_seq: Vec<Option<i32>> = rows.iter().map(|r| r.group_seq).collect();
-    let corr: Vec<Option<&str>> = rows.iter().map(|r| r.correlation_id.as_deref()).collect();
-    let reply: Vec<Option<&str>> = rows.iter().map(|r| r.reply_to.as_deref()).collect();
-    let ty: Vec<Option<&str>> = rows.iter().map(|r| r.jms_type.as_deref()).collect();
-    let ct: Vec<Option<&str>> = rows.iter().map(|r| r.content_type.as_deref()).collect();
-    let user: Vec<Option<&str>> = rows.iter().map(|r| r.user_id.as_deref()).collect();
-    let tp: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
-    let ts: Vec<Option<&str>> = rows.iter().map(|r| r.tracestate.as_deref()).collect();
-    let props: Vec<Option<serde_json::Value>> =
-        rows.iter().map(|r| r.properties.to_json()).collect();
-    let types: Vec<Option<serde_json::Value>> =
-        rows.iter().map(|r| r.properties.types_json()).collect();
-    let body: Vec<&[u8]> = rows.iter().map(|r| r.body.as_ref()).collect();
-    let params: [&(dyn ToSql + Sync); 20] = [
-        &id,
-        &queue,
-        &priority,
-        &owner,
-        &ready_at,
-        &expires,
-        &persistent,
-        &sent_at,
-        &group_id,
-        &group_seq,
-        &corr,
-        &reply,
-        &ty,
-        &ct,
-        &user,
-        &tp,
-        &ts,
-        &props,
-        &types,
-        &body,
-    ];
+    let cols = Columns::new(&rows);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&id];
+    params.extend(cols.params());
     let stmt = client.prepare_cached(queries::INSERT_MESSAGES).await?;
     client.execute(&stmt, &params).await?;
     Ok(())

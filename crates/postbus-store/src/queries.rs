@@ -11,6 +11,43 @@ pub const MESSAGE_COLUMNS: &str = "m.id, m.queue_id, m.priority, m.expires_at, m
 pub const BATCH_HEAD: &str = "SELECT pg_current_xact_id()::text, \
      ARRAY(SELECT nextval('postbus.message_id_seq') FROM generate_series(1, $1::int))";
 
+pub const CURRENT_XID: &str = "SELECT pg_current_xact_id()::text";
+
+/// The hot-path batch: inserts all messages (ids in input order), deletes all acked messages
+/// this node holds, releases all returned ones, in one statement. Returns (0, id, ordinal) per
+/// inserted message, (1, id, 0) per acked and (2, id, 0) per released message.
+pub const SIMPLE_BATCH: &str = "WITH rows AS ( \
+        SELECT nextval('postbus.message_id_seq') AS id, u.* \
+        FROM unnest($1::int[], $2::smallint[], $3::bigint[], $4::bigint[], $5::bool[], $6::bigint[], \
+            $7::text[], $8::int[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+            $14::text[], $15::text[], $16::jsonb[], $17::jsonb[], $18::bytea[]) WITH ORDINALITY \
+            AS u(queue_id, priority, ready_at, expires_at, persistent, sent_at, group_id, group_seq, \
+                 correlation_id, reply_to, jms_type, content_type, user_id, traceparent, tracestate, \
+                 properties, property_types, body, ord)), \
+     ins AS ( \
+        INSERT INTO postbus.messages (id, queue_id, priority, ready_at, expires_at, persistent, sent_at, \
+            group_id, group_seq, correlation_id, reply_to, jms_type, content_type, user_id, traceparent, \
+            tracestate, properties, property_types, body) \
+        SELECT id, queue_id, priority, ready_at, expires_at, persistent, sent_at, group_id, group_seq, \
+            correlation_id, reply_to, jms_type, content_type, user_id, traceparent, tracestate, properties, \
+            property_types, body FROM rows), \
+     acked AS (DELETE FROM postbus.messages WHERE id = ANY($20::bigint[]) AND owner = $19 RETURNING id), \
+     released AS ( \
+        UPDATE postbus.messages m SET owner = NULL, \
+            delivery_count = m.delivery_count + u.increment, \
+            ready_at = u.ready_at, \
+            queue_id = coalesce(u.dead_letter, m.queue_id), \
+            dlq_reason = CASE WHEN u.dead_letter IS NULL THEN m.dlq_reason ELSE u.reason END, \
+            origin = CASE WHEN u.dead_letter IS NULL THEN m.origin ELSE coalesce(m.origin, u.origin) END, \
+            last_error = coalesce(u.last_error, m.last_error) \
+        FROM unnest($21::bigint[], $22::int[], $23::bigint[], $24::int[], $25::text[], $26::text[], $27::text[]) \
+            AS u(id, increment, ready_at, dead_letter, reason, origin, last_error) \
+        WHERE m.id = u.id AND m.owner = $19 \
+        RETURNING m.id) \
+     SELECT 0, id, ord FROM rows \
+     UNION ALL SELECT 1, id, 0::bigint FROM acked \
+     UNION ALL SELECT 2, id, 0::bigint FROM released";
+
 /// Records dedup ids; a live record with the same id makes the row absent from RETURNING
 /// (a duplicate); an expired one is taken over.
 pub const INSERT_DEDUP: &str = "INSERT INTO postbus.dedup AS d (queue_id, dedup_id, message_id, expires_at) \
@@ -25,12 +62,12 @@ pub const FIND_DEDUP: &str = "SELECT queue_id, dedup_id, message_id FROM postbus
      WHERE (queue_id, dedup_id) IN (SELECT * FROM unnest($1::int[], $2::text[]))";
 
 /// The multi-row insert of a batch: one statement for any number of messages.
-pub const INSERT_MESSAGES: &str = "INSERT INTO postbus.messages (id, queue_id, priority, owner, ready_at, expires_at, \
+pub const INSERT_MESSAGES: &str = "INSERT INTO postbus.messages (id, queue_id, priority, ready_at, expires_at, \
         persistent, sent_at, group_id, group_seq, correlation_id, reply_to, jms_type, content_type, user_id, \
         traceparent, tracestate, properties, property_types, body) \
-     SELECT * FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bigint[], \
-        $7::bool[], $8::bigint[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[], $14::text[], \
-        $15::text[], $16::text[], $17::text[], $18::jsonb[], $19::jsonb[], $20::bytea[])";
+     SELECT * FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bool[], \
+        $7::bigint[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
+        $15::text[], $16::text[], $17::jsonb[], $18::jsonb[], $19::bytea[])";
 
 /// Acks: delete messages this node holds. Rows another node holds (this node's lease lapsed)
 /// are not touched and are missing from RETURNING.
@@ -57,24 +94,43 @@ pub const INSERT_CLIENT_TX: &str = "INSERT INTO postbus.client_transactions (cli
 pub const FIND_CLIENT_TX: &str =
     "SELECT 1 FROM postbus.client_transactions WHERE client_id = $1 AND tx_id = $2";
 
-/// Claims up to `$3` deliverable messages of queue `$2` for node `$1`, best priority first,
-/// then FIFO. A grouped message is claimable only when every earlier message of its group is
-/// already held by this node (so a group never has messages in flight on two nodes, and never
-/// overtakes an earlier message that waits for redelivery). Expired messages are left for the
-/// expiry sweep.
+/// Claims up to `$3` deliverable messages outside groups of queue `$2` for node `$1`, best
+/// priority first, then FIFO. Expired messages are left for the expiry sweep.
 pub const CLAIM: &str = "UPDATE postbus.messages m SET owner = $1 \
      FROM (SELECT c.id FROM postbus.messages c \
-           WHERE c.queue_id = $2 AND c.owner IS NULL AND c.ready_at IS NULL \
+           WHERE c.queue_id = $2 AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NULL \
              AND (c.expires_at = 0 OR c.expires_at > $4) \
-             AND (c.group_id IS NULL OR NOT EXISTS ( \
-                  SELECT 1 FROM postbus.messages e \
-                  WHERE e.queue_id = c.queue_id AND e.group_id = c.group_id AND e.id < c.id \
-                    AND (e.owner IS DISTINCT FROM $1 OR e.ready_at IS NOT NULL))) \
            ORDER BY c.priority DESC, c.id \
            LIMIT $3 \
            FOR UPDATE SKIP LOCKED) s \
      WHERE m.id = s.id \
      RETURNING ";
+
+/// Claims up to `$3` grouped messages of queue `$2` in sequence (id) order, for the node that
+/// holds the queue's 'groups' lease (so no other node claims grouped messages of this queue).
+/// A group with a message waiting for (re)delivery is skipped whole, so nothing overtakes it.
+pub const CLAIM_GROUPED: &str = "WITH waiting AS ( \
+        SELECT DISTINCT group_id FROM postbus.messages \
+        WHERE queue_id = $2 AND group_id IS NOT NULL AND ready_at IS NOT NULL) \
+     UPDATE postbus.messages m SET owner = $1 \
+     FROM (SELECT c.id FROM postbus.messages c \
+           WHERE c.queue_id = $2 AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NOT NULL \
+             AND (c.expires_at = 0 OR c.expires_at > $4) \
+             AND c.group_id NOT IN (SELECT group_id FROM waiting) \
+           ORDER BY c.id \
+           LIMIT $3 \
+           FOR UPDATE SKIP LOCKED) s \
+     WHERE m.id = s.id \
+     RETURNING ";
+
+/// Takes (or confirms) a dispatch lease; a row comes back when this node holds it.
+pub const ACQUIRE_LEASE: &str = "INSERT INTO postbus.queue_leases AS l (queue_id, kind, node_id) VALUES ($1, $2, $3) \
+     ON CONFLICT (queue_id, kind) DO UPDATE SET node_id = excluded.node_id \
+        WHERE l.node_id = excluded.node_id OR l.node_id NOT IN (SELECT id FROM postbus.nodes) \
+     RETURNING node_id";
+
+pub const RELEASE_LEASES: &str =
+    "DELETE FROM postbus.queue_leases WHERE queue_id = $1 AND node_id = $2";
 
 /// Scheduled and delayed messages whose time has come become deliverable.
 pub const PROMOTE_SCHEDULED: &str = "WITH p AS (UPDATE postbus.messages SET ready_at = NULL \

@@ -47,16 +47,23 @@ pub struct ExpiredMessage {
 }
 
 impl Store {
-    /// Claims up to `limit` deliverable messages of a queue for `node`, best priority first,
-    /// then in id order (the order they are returned in).
+    /// Claims up to `limit` deliverable messages of a queue for `node`: outside groups best
+    /// priority first then FIFO, or (`grouped`) grouped messages in sequence order. Returned in
+    /// that order.
     pub async fn claim(
         &self,
         node: NodeId,
         queue_id: i32,
         limit: i64,
+        grouped: bool,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let client = self.client().await?;
-        let sql = format!("{}{}", queries::CLAIM, queries::MESSAGE_COLUMNS);
+        let claim = if grouped {
+            queries::CLAIM_GROUPED
+        } else {
+            queries::CLAIM
+        };
+        let sql = format!("{claim}{}", queries::MESSAGE_COLUMNS);
         let stmt = client.prepare_cached(&sql).await?;
         let now = postbus_model::now_ms();
         let rows = client
@@ -67,8 +74,37 @@ impl Store {
             .map(row_to_message)
             .collect::<Result<Vec<_>, _>>()?;
         // RETURNING order is not guaranteed: restore priority-then-FIFO order.
-        out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        if grouped {
+            out.sort_by_key(|m| m.id);
+        } else {
+            out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        }
         Ok(out)
+    }
+
+    /// Takes or confirms a dispatch lease (`kind` is "groups" or "exclusive"); true when this
+    /// node holds it.
+    pub async fn acquire_lease(
+        &self,
+        node: NodeId,
+        queue_id: i32,
+        kind: &str,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(queries::ACQUIRE_LEASE).await?;
+        Ok(client
+            .query_opt(&stmt, &[&queue_id, &kind, &node.0])
+            .await?
+            .is_some())
+    }
+
+    /// Gives up this node's dispatch leases on a queue.
+    pub async fn release_leases(&self, node: NodeId, queue_id: i32) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(queries::RELEASE_LEASES, &[&queue_id, &node.0])
+            .await?;
+        Ok(())
     }
 
     /// Makes scheduled messages whose time has come deliverable; returns the queues touched.
