@@ -163,17 +163,21 @@ pub const REGISTER_NODE: &str = "INSERT INTO postbus.nodes (name, hostname, pid,
 /// A live node renews its lease; no row means it was declared dead and must stop acting.
 pub const HEARTBEAT: &str = "UPDATE postbus.nodes SET heartbeat_at = now() WHERE id = $1";
 
-/// Declares dead the nodes whose lease ran out, and earlier incarnations of this node's name,
-/// and returns their in-flight messages (and any whose owner is unknown) for redelivery.
-pub const REAP_NODES: &str = "WITH dead AS ( \
-        DELETE FROM postbus.nodes \
-        WHERE id <> $1 AND (heartbeat_at < now() - make_interval(secs => lease_ms / 1000.0) OR name = $2) \
-        RETURNING id), \
-     released AS ( \
+/// Declares dead the nodes whose lease ran out, and earlier incarnations of this node's name.
+pub const DELETE_DEAD_NODES: &str = "DELETE FROM postbus.nodes \
+     WHERE id <> $1 AND (heartbeat_at < now() - make_interval(secs => lease_ms / 1000.0) OR name = $2) \
+     RETURNING id";
+
+/// The nodes holding messages in flight (an index-only scan of the in-flight index).
+pub const IN_FLIGHT_OWNERS: &str =
+    "SELECT DISTINCT owner FROM postbus.messages WHERE owner IS NOT NULL";
+
+pub const LIVE_NODES: &str = "SELECT id FROM postbus.nodes";
+
+/// Returns the in-flight messages of gone nodes for redelivery.
+pub const RELEASE_OWNERS: &str = "WITH released AS ( \
         UPDATE postbus.messages SET owner = NULL, delivery_count = delivery_count + 1 \
-        WHERE owner IS NOT NULL AND (owner IN (SELECT id FROM dead) \
-              OR owner NOT IN (SELECT id FROM postbus.nodes)) \
-        RETURNING queue_id) \
+        WHERE owner = ANY($1::bigint[]) RETURNING queue_id) \
      SELECT DISTINCT queue_id FROM released";
 
 pub const DEREGISTER_NODE: &str = "WITH gone AS (DELETE FROM postbus.nodes WHERE id = $1 RETURNING id) \

@@ -222,7 +222,38 @@ impl Store {
     /// returning their in-flight messages for redelivery. Returns the queues that got messages back.
     pub async fn reap_nodes(&self, me: NodeId, name: &str) -> Result<Vec<i32>, StoreError> {
         let client = self.client().await?;
-        let rows = client.query(queries::REAP_NODES, &[&me.0, &name]).await?;
+        let dead: Vec<i64> = client
+            .query(queries::DELETE_DEAD_NODES, &[&me.0, &name])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // Owners first, then live nodes: a node that claimed anything seen here registered
+        // before the claim, so it is in the list read after.
+        let owners: Vec<i64> = client
+            .query(queries::IN_FLIGHT_OWNERS, &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if owners.is_empty() {
+            return Ok(vec![]);
+        }
+        let live: std::collections::HashSet<i64> = client
+            .query(queries::LIVE_NODES, &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let gone: Vec<i64> = owners
+            .into_iter()
+            .filter(|o| dead.contains(o) || !live.contains(o))
+            .collect();
+        if gone.is_empty() {
+            return Ok(vec![]);
+        }
+        tracing::warn!(nodes = ?gone, "taking back the in-flight messages of broker nodes that are gone");
+        let rows = client.query(queries::RELEASE_OWNERS, &[&gone]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
