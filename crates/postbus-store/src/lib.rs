@@ -64,6 +64,13 @@ impl Store {
         // A dead database path must be noticed, not waited on forever.
         pg.keepalives(true);
         pg.keepalives_idle(Duration::from_secs(10));
+        // JIT compilation costs more than it saves on the broker's short statements, and its
+        // cost estimates once made a claim plan pay it on every execution.
+        let options = match pg.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} -c jit=off"),
+            _ => "-c jit=off".to_owned(),
+        };
+        pg.options(&options);
         if pg.get_application_name().is_none() {
             pg.application_name("postbus");
         }

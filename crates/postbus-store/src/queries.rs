@@ -42,7 +42,7 @@ pub const SIMPLE_BATCH: &str = "WITH rows AS ( \
             last_error = coalesce(u.last_error, m.last_error) \
         FROM unnest($21::bigint[], $22::int[], $23::bigint[], $24::int[], $25::text[], $26::text[], $27::text[]) \
             AS u(id, increment, ready_at, dead_letter, reason, origin, last_error) \
-        WHERE m.id = u.id AND m.owner = $19 \
+        WHERE m.id = u.id AND m.id = ANY($21::bigint[]) AND m.owner = $19 \
         RETURNING m.id) \
      SELECT 0, id, ord FROM rows \
      UNION ALL SELECT 1, id, 0::bigint FROM acked \
@@ -84,7 +84,7 @@ pub const RELEASE: &str = "UPDATE postbus.messages m SET owner = NULL, \
         last_error = coalesce(u.last_error, m.last_error) \
      FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[]) \
         AS u(id, increment, ready_at, dead_letter, reason, origin, last_error) \
-     WHERE m.id = u.id AND m.owner = $1 \
+     WHERE m.id = u.id AND m.id = ANY($2::bigint[]) AND m.owner = $1 \
      RETURNING m.id";
 
 /// Records a client transaction as committed; a conflict means it was committed before.
@@ -94,33 +94,35 @@ pub const INSERT_CLIENT_TX: &str = "INSERT INTO postbus.client_transactions (cli
 pub const FIND_CLIENT_TX: &str =
     "SELECT 1 FROM postbus.client_transactions WHERE client_id = $1 AND tx_id = $2";
 
+/// The claims select ids in an `ARRAY(...)` sub-select so the UPDATE is always a primary-key
+/// lookup: a generic plan with an unknown LIMIT once chose a hash join over the whole table.
+///
 /// Claims up to `$3` deliverable messages outside groups of queue `$2` for node `$1`, best
 /// priority first, then FIFO. Expired messages are left for the expiry sweep.
 pub const CLAIM: &str = "UPDATE postbus.messages m SET owner = $1 \
-     FROM (SELECT c.id FROM postbus.messages c \
+     WHERE m.id = ANY(ARRAY( \
+           SELECT c.id FROM postbus.messages c \
            WHERE c.queue_id = $2 AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NULL \
              AND (c.expires_at = 0 OR c.expires_at > $4) \
            ORDER BY c.priority DESC, c.id \
            LIMIT $3 \
-           FOR UPDATE SKIP LOCKED) s \
-     WHERE m.id = s.id \
+           FOR UPDATE SKIP LOCKED)) \
      RETURNING ";
 
 /// Claims up to `$3` grouped messages of queue `$2` in sequence (id) order, for the node that
 /// holds the queue's 'groups' lease (so no other node claims grouped messages of this queue).
 /// A group with a message waiting for (re)delivery is skipped whole, so nothing overtakes it.
-pub const CLAIM_GROUPED: &str = "WITH waiting AS ( \
-        SELECT DISTINCT group_id FROM postbus.messages \
-        WHERE queue_id = $2 AND group_id IS NOT NULL AND ready_at IS NOT NULL) \
-     UPDATE postbus.messages m SET owner = $1 \
-     FROM (SELECT c.id FROM postbus.messages c \
+pub const CLAIM_GROUPED: &str = "UPDATE postbus.messages m SET owner = $1 \
+     WHERE m.id = ANY(ARRAY( \
+           SELECT c.id FROM postbus.messages c \
            WHERE c.queue_id = $2 AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NOT NULL \
              AND (c.expires_at = 0 OR c.expires_at > $4) \
-             AND c.group_id NOT IN (SELECT group_id FROM waiting) \
+             AND c.group_id NOT IN ( \
+                 SELECT w.group_id FROM postbus.messages w \
+                 WHERE w.queue_id = $2 AND w.group_id IS NOT NULL AND w.ready_at IS NOT NULL) \
            ORDER BY c.id \
            LIMIT $3 \
-           FOR UPDATE SKIP LOCKED) s \
-     WHERE m.id = s.id \
+           FOR UPDATE SKIP LOCKED)) \
      RETURNING ";
 
 /// Takes (or confirms) a dispatch lease; a row comes back when this node holds it.

@@ -107,7 +107,15 @@ fn start_dev_cluster(dir: &std::path::Path) -> anyhow::Result<postbus_pgctl::Clu
     let dir = dir.canonicalize()?;
     let pg_dir = dir.join("pg");
     tracing::info!(dir = %pg_dir.display(), "no database configured: starting a private PostgreSQL (development mode)");
-    let mut cluster = postbus_pgctl::Cluster::open_or_init(&pg_dir, postbus_pgctl::ClusterOptions::default())
+    // A queue writes WAL for every message: space checkpoints out so they do not dominate.
+    let opts = postbus_pgctl::ClusterOptions {
+        extra_conf: vec![
+            ("max_wal_size".into(), "4GB".into()),
+            ("checkpoint_timeout".into(), "15min".into()),
+        ],
+        ..Default::default()
+    };
+    let mut cluster = postbus_pgctl::Cluster::open_or_init(&pg_dir, opts)
         .context("cannot start the development PostgreSQL; install PostgreSQL (apt-get install postgresql) or pass --database-url")?;
     cluster.set_stop_on_drop(true);
     cluster
