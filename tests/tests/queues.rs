@@ -954,3 +954,79 @@ async fn transaction_operation_limit_is_enforced() {
     );
     assert_eq!(b.depth("lim").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_move_to_the_expiry_queue_when_one_is_set() {
+    let b = TestBroker::start().await;
+    b.create_queue(
+        "orders",
+        QueueSettings {
+            expiry_queue: Some("EXPIRED.orders".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut p = b.client().await;
+    p.send(
+        "/queue/orders",
+        "too late",
+        &[("ttl", "50"), ("region", "EU")],
+    )
+    .await
+    .unwrap();
+    let mut c = b.client().await;
+    c.subscribe("/queue/EXPIRED.orders", "s", "auto", &[])
+        .await
+        .unwrap();
+    let m = recv(&mut c).await;
+    assert_eq!(body(&m), "too late");
+    assert_eq!(m.header("dlq-reason"), Some("expired"));
+    assert_eq!(m.header("original-destination"), Some("/queue/orders"));
+    assert_eq!(m.header("region"), Some("EU"));
+    assert_eq!(
+        m.header("expires"),
+        Some("0"),
+        "a moved expired message does not expire again"
+    );
+    assert_eq!(b.depth("orders").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_delay_backs_off_exponentially() {
+    let b = TestBroker::start().await;
+    b.create_queue(
+        "backoff",
+        QueueSettings {
+            redelivery_delay_ms: 200,
+            redelivery_backoff: 3.0,
+            redelivery_max_delay_ms: 10_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut p = b.client().await;
+    p.send("/queue/backoff", "m", &[]).await.unwrap();
+    let mut c = b.client().await;
+    c.subscribe("/queue/backoff", "s", "client-individual", &[])
+        .await
+        .unwrap();
+    let m1 = recv(&mut c).await;
+    c.nack(&m1, None).await.unwrap();
+    let t = std::time::Instant::now();
+    let m2 = recv(&mut c).await;
+    let first = t.elapsed();
+    c.nack(&m2, None).await.unwrap();
+    let t = std::time::Instant::now();
+    let m3 = recv(&mut c).await;
+    let second = t.elapsed();
+    assert_eq!(m3.header("JMSXDeliveryCount"), Some("3"));
+    assert!(
+        first >= Duration::from_millis(150),
+        "first redelivery after {first:?}"
+    );
+    assert!(
+        second >= Duration::from_millis(550),
+        "second redelivery after {second:?} (200 ms × 3)"
+    );
+    assert!(second > first, "{second:?} should exceed {first:?}");
+}

@@ -121,3 +121,29 @@ async fn an_exclusive_queue_has_one_active_consumer_across_brokers() {
         .expect("the other broker takes over");
     assert_eq!(String::from_utf8_lossy(&next.body), "1");
 }
+
+/// A message committed through one broker wakes a consumer on another at once (LISTEN/NOTIFY),
+/// long before that broker's poll would find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_broker_is_woken_by_notify_not_by_its_poll() {
+    use postbus_tests::{TestBroker, test_config};
+    let mut cfg_a = test_config();
+    cfg_a.node_name = Some("wake-a".into());
+    cfg_a.poll_interval_ms = 60_000;
+    let a = TestBroker::start_with(cfg_a.clone()).await;
+    let mut cfg_b = cfg_a;
+    cfg_b.node_name = Some("wake-b".into());
+    let b = TestBroker::on_database(&a.url, a.store.clone(), cfg_b).await;
+    let mut c = b.client().await;
+    c.subscribe("/queue/wake", "s", "auto", &[]).await.unwrap();
+    // Let broker b's first (empty) claim and its LISTEN happen.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut p = a.client().await;
+    p.send("/queue/wake", "hello", &[]).await.unwrap();
+    let m = c
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("woken by NOTIFY");
+    assert_eq!(String::from_utf8_lossy(&m.body), "hello");
+}

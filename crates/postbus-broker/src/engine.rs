@@ -399,6 +399,7 @@ impl Engine {
 
     fn spawn_background(&self) {
         let weak = Arc::downgrade(&self.0);
+        tokio::spawn(listen_for_wakeups(weak.clone()));
         // Scheduler: delayed and redelivery-delayed messages become deliverable.
         tokio::spawn(periodic(
             weak.clone(),
@@ -492,6 +493,48 @@ impl Engine {
         if let Err(e) = self.0.store.deregister_node(self.0.node).await {
             tracing::warn!(error = %e, "deregistering the node failed; peers will recover its messages after the lease");
         }
+    }
+}
+
+/// Wakes local dispatchers when another broker (or an SQL caller) commits messages: LISTEN on
+/// a dedicated connection, reconnecting when it drops. Polling stays behind it.
+async fn listen_for_wakeups(weak: Weak<Inner>) {
+    use futures_util::StreamExt;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let store = inner.store.clone();
+        drop(inner);
+        let (client, mut connection) = match store.dedicated_connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "wake-up listener cannot connect; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    let _ = tx.send(n.payload().to_owned());
+                }
+            }
+        });
+        if client
+            .batch_execute(&format!("LISTEN {}", postbus_store::WAKE_CHANNEL))
+            .await
+            .is_ok()
+        {
+            while let Some(payload) = rx.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                let ids: Vec<i32> = payload.split(',').filter_map(|s| s.parse().ok()).collect();
+                Engine(inner).wake_queues(&ids);
+            }
+        }
+        driver.abort();
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -26,6 +26,10 @@ pub enum WriteError {
     Unknown(String),
 }
 
+/// How often at most the writer announces new messages to other brokers (NOTIFY takes a
+/// global lock at commit, so it is a throttled hint; polling stays behind it).
+const NOTIFY_EVERY: Duration = Duration::from_millis(5);
+
 struct Request {
     /// The connection it came from; 0 for the engine's own units, which need no ordering.
     conn: u64,
@@ -109,6 +113,9 @@ async fn coordinate(
     let mut busy: HashSet<u64> = HashSet::new();
     let mut running: JoinSet<Vec<u64>> = JoinSet::new();
     let mut open = true;
+    // Queues touched since the last NOTIFY, announced at most every NOTIFY_EVERY.
+    let mut to_notify: std::collections::BTreeSet<i32> = Default::default();
+    let mut last_notify = Instant::now() - NOTIFY_EVERY;
     loop {
         while running.len() < limits.max_in_flight.max(1) {
             let batch = take_batch(&mut queue, &busy, &limits);
@@ -117,9 +124,23 @@ async fn coordinate(
             }
             let conns: Vec<u64> = batch.iter().map(|r| r.conn).filter(|c| *c != 0).collect();
             busy.extend(conns.iter().copied());
+            for r in &batch {
+                to_notify.extend(r.unit.inserts.iter().map(|i| i.queue_id));
+                to_notify.extend(r.unit.releases.iter().filter_map(|rel| rel.dead_letter));
+            }
+            let notify = if !to_notify.is_empty() && last_notify.elapsed() >= NOTIFY_EVERY {
+                last_notify = Instant::now();
+                let ids: Vec<String> = std::mem::take(&mut to_notify)
+                    .iter()
+                    .map(i32::to_string)
+                    .collect();
+                Some(ids.join(","))
+            } else {
+                None
+            };
             let (store, observer) = (store.clone(), observer.clone());
             running.spawn(async move {
-                write_and_reply(&store, node, batch, limits.retry_for, &*observer).await;
+                write_and_reply(&store, node, batch, notify, limits.retry_for, &*observer).await;
                 conns
             });
         }
@@ -181,6 +202,7 @@ async fn write_and_reply(
     store: &Store,
     node: NodeId,
     requests: Vec<Request>,
+    notify: Option<String>,
     retry_for: Duration,
     observer: &dyn CommitObserver,
 ) {
@@ -195,6 +217,7 @@ async fn write_and_reply(
         node,
         units,
         durable,
+        notify,
     };
     let started = Instant::now();
     let result = write_with_retry(store, &batch, retry_for).await;
@@ -244,6 +267,7 @@ async fn write_units_alone(
             node: batch.node,
             units: vec![unit.clone()],
             durable: batch.durable,
+            notify: batch.notify.clone(),
         };
         outcomes.push(match write_with_retry(store, &single, retry_for).await {
             Ok(mut o) => Ok(o

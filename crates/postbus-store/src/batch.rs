@@ -61,6 +61,9 @@ pub struct WriteBatch {
     /// False when the batch holds only NON_PERSISTENT sends: commit without waiting for the
     /// WAL flush (a crash may lose them, never duplicate them).
     pub durable: bool,
+    /// Queue ids to announce on the `postbus_wake` channel when the batch commits (a wake-up
+    /// hint for other brokers; the writer throttles it).
+    pub notify: Option<String>,
 }
 
 /// The result of one insert.
@@ -137,10 +140,17 @@ impl Store {
         } else {
             "BEGIN; SET LOCAL synchronous_commit = off"
         };
-        let (b, xid, rows_out, commit) = tokio::join!(
+        let notify = async {
+            match &batch.notify {
+                Some(ids) => client.execute(queries::NOTIFY, &[ids]).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        let (b, xid, rows_out, _, commit) = tokio::join!(
             client.batch_execute(begin),
             client.query_one(&xid_stmt, &[]),
             client.query(&stmt, &params),
+            notify,
             client.batch_execute("COMMIT"),
         );
         // A failed BEGIN fails the statements after it too (the connection broke); if it ran
@@ -467,6 +477,9 @@ impl Store {
                     .filter(|id| !released.contains(id))
                     .collect(),
             };
+        }
+        if let Some(ids) = &batch.notify {
+            client.execute(queries::NOTIFY, &[ids]).await?;
         }
         Ok(Step::Commit(outcomes, xid))
     }

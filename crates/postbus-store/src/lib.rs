@@ -10,6 +10,8 @@ mod batch;
 mod error;
 pub mod migrate;
 mod queries;
+
+pub use queries::WAKE_CHANNEL;
 mod read;
 
 pub use admin::{DestinationRow, DestinationStats};

@@ -11,6 +11,13 @@ pub const MESSAGE_COLUMNS: &str = "m.id, m.queue_id, m.priority, m.expires_at, m
 pub const BATCH_HEAD: &str = "SELECT pg_current_xact_id()::text, \
      ARRAY(SELECT nextval('postbus.message_id_seq') FROM generate_series(1, $1::int))";
 
+/// The wake-up hint other brokers LISTEN to: a comma-separated list of queue ids. NOTIFY is
+/// delivered at commit, and only if the transaction commits.
+pub const NOTIFY: &str = "SELECT pg_notify('postbus_wake', $1)";
+
+/// The channel of [`NOTIFY`].
+pub const WAKE_CHANNEL: &str = "postbus_wake";
+
 pub const CURRENT_XID: &str = "SELECT pg_current_xact_id()::text";
 
 /// The hot-path batch: inserts all messages (ids in input order), deletes all acked messages
