@@ -1030,3 +1030,43 @@ async fn redelivery_delay_backs_off_exponentially() {
     );
     assert!(second > first, "{second:?} should exceed {first:?}");
 }
+
+/// A consumer that acks and leaves while the dispatcher is claiming its next message must not
+/// leave that message held by nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_stays_in_flight_after_the_last_consumer_leaves() {
+    let b = TestBroker::start().await;
+    let mut p = b.client().await;
+    for i in 0..40 {
+        p.send_frame(send_frame("/queue/leave", format!("{i}"), &[]))
+            .await
+            .unwrap();
+    }
+    p.send("/queue/leave", "40", &[]).await.unwrap();
+    for _ in 0..20 {
+        let mut c = b.client().await;
+        c.subscribe(
+            "/queue/leave",
+            "s",
+            "client-individual",
+            &[("prefetch", "1")],
+        )
+        .await
+        .unwrap();
+        let m = recv(&mut c).await;
+        c.ack(&m, None).await.unwrap();
+        c.disconnect().await.unwrap();
+    }
+    // A message claimed just as a consumer left is given back right after; it must not stay held.
+    let mut last = (0, 0);
+    for _ in 0..30 {
+        let stats = b.store.destination_stats().await.unwrap();
+        let q = stats.iter().find(|s| s.name == "leave").unwrap();
+        last = (q.ready, q.in_flight);
+        if last == (21, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, (21, 0), "every message not acked is available again");
+}

@@ -202,9 +202,10 @@ impl QueueRuntime {
         // settle; assignments with no messages left are dropped.
         st.groups.retain(|_, (owner, n)| *owner != id || *n > 0);
         let pending: Vec<i64> = st.pending.drain(..).map(|m| m.id.0).collect();
+        // A claim running now must not keep what it gets for consumers that may be gone.
+        st.release_epoch += 1;
         if !returned.is_empty() || !pending.is_empty() {
             st.releasing += 1;
-            st.release_epoch += 1;
         }
         (returned, pending)
     }
@@ -420,15 +421,16 @@ impl QueueRuntime {
 
     /// Keeps claimed messages for placement. If a release started while the claim ran, they
     /// could overtake the released messages (a later message of a group whose earlier one
-    /// just went back): then they are handed back to be released too, with the release
-    /// counted as under way.
+    /// just went back), and if no consumer is left they would be held by nobody: then they are
+    /// handed back to be released too, with the release counted as under way.
     fn take_claimed(
         self: &Arc<Self>,
         messages: Vec<StoredMessage>,
         epoch: u64,
     ) -> Vec<StoredMessage> {
         let mut st = self.lock();
-        if st.release_epoch != epoch && !messages.is_empty() {
+        let nobody = st.consumers.is_empty();
+        if (st.release_epoch != epoch || nobody) && !messages.is_empty() {
             st.releasing += 1;
             st.release_epoch += 1;
             return messages;

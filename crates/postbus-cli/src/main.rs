@@ -6,6 +6,7 @@
 mod bench;
 mod messaging;
 mod queues;
+mod selectors;
 
 use std::path::PathBuf;
 
@@ -55,6 +56,9 @@ enum Cmd {
     /// Database schema.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Check JMS message selectors and run selector test cases.
+    #[command(subcommand)]
+    Selector(selectors::SelectorCmd),
     /// Load-test any STOMP 1.2 broker: producers, consumers, receipts, transactions, groups.
     Bench(bench::BenchArgs),
 }
@@ -123,5 +127,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Bench(a) => bench::run(a).await,
+        Cmd::Selector(s) => {
+            let code = selectors::run(&cli, s)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
     }
 }
