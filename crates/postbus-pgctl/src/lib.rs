@@ -1614,9 +1614,13 @@ mod tests {
 
     #[test]
     fn free_port_is_bindable() {
-        let port = free_port();
-        assert_ne!(port, 0);
-        assert!(port_available(port));
+        // Other tests in this binary open connections concurrently and may take the port in
+        // between, so one of a few tries binding is what is checked.
+        let bindable = (0..5).any(|_| {
+            let port = free_port();
+            port != 0 && port_available(port)
+        });
+        assert!(bindable);
     }
 
     #[test]
