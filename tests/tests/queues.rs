@@ -1070,3 +1070,47 @@ async fn nothing_stays_in_flight_after_the_last_consumer_leaves() {
     }
     assert_eq!(last, (21, 0), "every message not acked is available again");
 }
+
+/// When consumers keep up, a message goes from the producer's batch to the consumer without a
+/// claim statement: it is claimed in the insert and dispatched from memory, so the message row
+/// is inserted and deleted, never updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_messages_are_dispatched_from_memory_without_a_claim_update() {
+    let b = TestBroker::start().await;
+    let mut c = b.client().await;
+    c.subscribe("/queue/fresh", "s", "client-individual", &[])
+        .await
+        .unwrap();
+    // Let the first (empty) claim find the queue drained.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut p = b.client().await;
+    for i in 0..50 {
+        p.send("/queue/fresh", format!("{i}"), &[]).await.unwrap();
+    }
+    let got = recv_n(&mut c, 50).await;
+    assert_eq!(
+        got.iter().map(body).collect::<Vec<_>>(),
+        (0..50).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    for m in &got {
+        c.ack(m, None).await.unwrap();
+    }
+    // PostgreSQL publishes table statistics about once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rows = postbus_tests::sql(
+        &b.url,
+        "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE relname = 'messages'",
+    )
+    .await;
+    let n = |i: usize| rows[0][i].as_deref().unwrap().parse::<i64>().unwrap();
+    assert_eq!(
+        (n(0), n(2)),
+        (50, 50),
+        "every message inserted and deleted once"
+    );
+    assert_eq!(
+        n(1),
+        0,
+        "no claim UPDATE for messages dispatched from memory"
+    );
+}

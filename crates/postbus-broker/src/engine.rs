@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use postbus_model::{Destination, DestinationKind, QueueSettings, StoredMessage};
-use postbus_store::{NodeId, ReleaseRow, Store, StoreError, Unit, UnitOutcome};
+use postbus_store::{InsertOutcome, NodeId, ReleaseRow, Store, StoreError, Unit, UnitOutcome};
 use tokio::sync::oneshot;
 
 use crate::config::BrokerConfig;
@@ -62,10 +62,54 @@ pub struct Engine(Arc<Inner>);
 struct WakeOnCommit(Weak<Inner>);
 
 impl CommitObserver for WakeOnCommit {
-    fn committed(&self, units: &[Unit], _outcomes: &[UnitOutcome], _elapsed: Duration) {
+    fn reserve(&self, queue_id: i32, n: usize) -> usize {
+        let Some(inner) = self.0.upgrade() else {
+            return 0;
+        };
+        let queue = inner
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_id
+            .get(&queue_id)
+            .cloned();
+        queue.map(|q| q.reserve_fresh(n)).unwrap_or(0)
+    }
+
+    fn committed(&self, units: &[Unit], outcomes: &[UnitOutcome], _elapsed: Duration) {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
+        let engine = Engine(inner);
+        // Fresh messages claimed in the insert go to their consumers from memory.
+        let mut fresh: HashMap<i32, Vec<StoredMessage>> = HashMap::new();
+        let mut unreserve: HashMap<i32, usize> = HashMap::new();
+        // Queues that got plain messages in the table: fresh ones must not overtake them.
+        let mut backlog: std::collections::HashSet<i32> = Default::default();
+        for (unit, outcome) in units.iter().zip(outcomes) {
+            let inserted = match outcome {
+                UnitOutcome::Committed { inserted, .. } => Some(inserted),
+                _ => None,
+            };
+            for (k, row) in unit.inserts.iter().enumerate() {
+                if !row.pre_claimed {
+                    if row.message.group_id.is_none() {
+                        backlog.insert(row.queue_id);
+                    }
+                    continue;
+                }
+                match inserted.and_then(|i| i.get(k)) {
+                    Some(InsertOutcome::Stored(id)) => {
+                        fresh.entry(row.queue_id).or_default().push(fresh_message(
+                            *id,
+                            row.queue_id,
+                            &row.message,
+                        ));
+                    }
+                    _ => *unreserve.entry(row.queue_id).or_default() += 1,
+                }
+            }
+        }
         let mut touched: Vec<i32> = units
             .iter()
             .flat_map(|u| u.inserts.iter().map(|r| r.queue_id))
@@ -77,12 +121,80 @@ impl CommitObserver for WakeOnCommit {
         );
         touched.sort_unstable();
         touched.dedup();
-        let queues = inner.queues.lock().unwrap_or_else(|p| p.into_inner());
-        for id in touched {
-            if let Some(q) = queues.by_id.get(&id) {
-                q.wake();
+        let queues: Vec<(i32, Option<Arc<QueueRuntime>>)> = {
+            let queues = engine.lock_queues();
+            touched
+                .iter()
+                .map(|id| (*id, queues.by_id.get(id).cloned()))
+                .collect()
+        };
+        for (id, queue) in queues {
+            let Some(queue) = queue else { continue };
+            if backlog.contains(&id) {
+                queue.mark_backlog();
+            }
+            if let Some(n) = unreserve.remove(&id) {
+                queue.unreserve(n);
+            }
+            if let Some(messages) = fresh.remove(&id) {
+                let give_back = queue.accept_fresh(messages);
+                if !give_back.is_empty() {
+                    let engine = engine.clone();
+                    let queue = queue.clone();
+                    tokio::spawn(async move {
+                        engine.give_back(&queue, give_back).await;
+                        queue.release_done();
+                    });
+                }
+            }
+            queue.wake();
+        }
+    }
+
+    fn not_committed(&self, units: &[Unit]) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let engine = Engine(inner);
+        for unit in units {
+            for row in unit.inserts.iter().filter(|r| r.pre_claimed) {
+                let queue = engine.lock_queues().by_id.get(&row.queue_id).cloned();
+                if let Some(q) = queue {
+                    q.unreserve(1);
+                }
             }
         }
+    }
+}
+
+/// The message a pre-claimed insert stored, rebuilt from what was sent (no read-back).
+fn fresh_message(
+    id: postbus_model::MessageId,
+    queue_id: i32,
+    m: &postbus_model::NewMessage,
+) -> StoredMessage {
+    StoredMessage {
+        id,
+        queue_id,
+        body: m.body.clone(),
+        content_type: m.content_type.clone(),
+        persistent: m.persistent,
+        priority: m.priority,
+        sent_at: m.sent_at,
+        expires_at: m.expires_at,
+        correlation_id: m.correlation_id.clone(),
+        reply_to: m.reply_to.clone(),
+        jms_type: m.jms_type.clone(),
+        group_id: m.group_id.clone(),
+        group_seq: m.group_seq,
+        user_id: m.user_id.clone(),
+        traceparent: m.traceparent.clone(),
+        tracestate: m.tracestate.clone(),
+        properties: m.properties.clone(),
+        delivery_count: 0,
+        dlq_reason: None,
+        original_destination: None,
+        last_error: None,
     }
 }
 
@@ -479,10 +591,13 @@ impl Engine {
         }));
     }
 
+    /// Wakes queues that got messages in the table (from another broker, the scheduler or
+    /// recovery): they claim before fresh messages may skip the table again.
     fn wake_queues(&self, ids: &[i32]) {
         let queues = self.lock_queues();
         for id in ids {
             if let Some(q) = queues.by_id.get(id) {
+                q.mark_backlog();
                 q.wake();
             }
         }

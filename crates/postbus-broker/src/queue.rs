@@ -106,6 +106,15 @@ struct QueueState {
     /// Messages still settling (an ack or rollback under way) whose consumer is gone, with
     /// their group: the group stays with nobody until they settle.
     orphans: HashMap<i64, Option<String>>,
+    /// Credit promised to messages being inserted pre-claimed (dispatched from memory once
+    /// their batch commits).
+    reserved: usize,
+    /// True when the last claim found no more deliverable messages outside groups in the
+    /// table: only then may fresh messages skip the table, or they would overtake a backlog.
+    drained: bool,
+    /// Bumped whenever messages may have reached the table unclaimed; a claim that started
+    /// before a bump cannot prove the table drained.
+    backlog_epoch: u64,
     closed: bool,
 }
 
@@ -221,6 +230,8 @@ impl QueueRuntime {
     pub fn release_done(&self) {
         let mut st = self.lock();
         st.releasing = st.releasing.saturating_sub(1);
+        st.drained = false;
+        st.backlog_epoch += 1;
         drop(st);
         self.wake();
     }
@@ -349,6 +360,83 @@ impl QueueRuntime {
             epoch,
             exclusive,
         )
+    }
+
+    /// Reserves credit for up to `n` fresh messages (not grouped, not delayed) that a batch is
+    /// about to insert: they are claimed in the insert and handed to consumers from memory.
+    /// Only when the queue has no backlog, nothing pending or being released, and is not
+    /// exclusive; whatever is not covered goes to the table, and then the queue has a backlog.
+    pub fn reserve_fresh(&self, n: usize) -> usize {
+        let mut st = self.lock();
+        let open = !st.closed
+            && st.drained
+            && st.releasing == 0
+            && st.pending.is_empty()
+            && !st.consumers.is_empty();
+        let take = if open && !self.is_exclusive(&st) {
+            let credit: usize = st.consumers.iter().map(|c| c.credit()).sum();
+            n.min(credit.saturating_sub(st.reserved))
+        } else {
+            0
+        };
+        st.reserved += take;
+        if take < n {
+            st.drained = false;
+            st.backlog_epoch += 1;
+        }
+        take
+    }
+
+    /// Gives back credit reserved for fresh messages that were not inserted.
+    pub fn unreserve(&self, n: usize) {
+        let mut st = self.lock();
+        st.reserved = st.reserved.saturating_sub(n);
+    }
+
+    /// Fresh messages committed pre-claimed: they join the pending list for placement. When no
+    /// consumer is left they are returned, to be given back (a release is then counted as under
+    /// way; call [`QueueRuntime::release_done`] after giving them back).
+    pub fn accept_fresh(self: &Arc<Self>, messages: Vec<StoredMessage>) -> Vec<StoredMessage> {
+        let mut st = self.lock();
+        st.reserved = st.reserved.saturating_sub(messages.len());
+        if st.consumers.is_empty() || st.closed {
+            st.releasing += 1;
+            st.release_epoch += 1;
+            return messages;
+        }
+        // Place at once, behind anything already pending (which keeps its order).
+        for m in messages {
+            if !st.pending.is_empty() || st.releasing > 0 {
+                st.pending.push_back(m);
+            } else if let Some(m) = self.place(&mut st, m) {
+                st.pending.push_back(m);
+            }
+        }
+        drop(st);
+        self.wake();
+        Vec::new()
+    }
+
+    /// The last claim found the table drained of plain messages: fresh ones may now skip it,
+    /// unless a release started, or messages reached the table, since the claim began.
+    fn set_drained(&self, epoch: u64, backlog_epoch: u64) {
+        let mut st = self.lock();
+        if st.release_epoch == epoch && st.backlog_epoch == backlog_epoch && st.releasing == 0 {
+            st.drained = true;
+        }
+    }
+
+    /// Messages may be waiting in the table (another broker or a release put them there):
+    /// fresh messages go through the table until a claim drains it.
+    pub fn mark_backlog(&self) {
+        let mut st = self.lock();
+        st.drained = false;
+        st.backlog_epoch += 1;
+    }
+
+    /// The backlog epoch a claim starts in (see [`QueueRuntime::set_drained`]).
+    fn backlog_epoch(&self) -> u64 {
+        self.lock().backlog_epoch
     }
 
     /// No consumers, nothing claimed and nothing being released: leases can go.
@@ -523,6 +611,7 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
                 // Another broker serves this exclusive queue.
                 break;
             }
+            let backlog_epoch = queue.backlog_epoch();
             let may_group = leases.groups || leases.exclusive;
             let kinds: &[bool] = match (may_group, grouped_first) {
                 (false, _) => &[false],
@@ -532,6 +621,7 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
             grouped_first = !grouped_first;
             let mut claimed = Vec::new();
             let mut failed = None;
+            let mut plain_drained = false;
             for &grouped in kinds {
                 let room = want - claimed.len();
                 if room == 0 {
@@ -542,7 +632,12 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
                     .claim(engine.node(), queue.id, room as i64, grouped)
                     .await
                 {
-                    Ok(m) => claimed.extend(m),
+                    Ok(m) => {
+                        if !grouped && m.len() < room {
+                            plain_drained = true;
+                        }
+                        claimed.extend(m)
+                    }
                     Err(e) => {
                         failed = Some(e);
                         break;
@@ -567,6 +662,9 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
                 break;
             }
             backoff = Duration::from_millis(50);
+            if plain_drained {
+                queue.set_drained(epoch, backlog_epoch);
+            }
             if got < want {
                 // Drained: one more placement round, then wait for news.
                 queue.place_pending_and_credit(batch);
@@ -575,7 +673,8 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
         }
         tokio::select! {
             _ = queue.wake.notified() => {}
-            _ = tokio::time::sleep(poll) => {}
+            // Other brokers may have written without a (throttled) NOTIFY reaching us.
+            _ = tokio::time::sleep(poll) => queue.mark_backlog(),
         }
     }
 }

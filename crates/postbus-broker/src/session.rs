@@ -550,6 +550,7 @@ impl Session {
             queue_id: queue.id,
             dedup_window_ms: queue.settings.dedup_window_ms,
             message: req.message,
+            pre_claimed: false,
         };
         if let Some(tx_id) = req.transaction {
             let limit = self.engine.config().max_transaction_operations;

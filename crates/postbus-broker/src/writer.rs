@@ -45,9 +45,16 @@ pub struct Writers {
     tx: mpsc::UnboundedSender<Request>,
 }
 
-/// Hooks the writer calls after a batch committed (to wake dispatchers, count metrics...).
+/// Hooks the writer calls around a batch (to dispatch fresh messages from memory, wake
+/// dispatchers, count metrics...).
 pub trait CommitObserver: Send + Sync + 'static {
+    /// Reserves local consumer credit for up to `n` fresh messages of a queue that this batch
+    /// inserts; returns how many may be claimed in the insert itself.
+    fn reserve(&self, queue_id: i32, n: usize) -> usize;
+    /// The batch committed; `outcomes[i]` belongs to `units[i]`.
     fn committed(&self, units: &[Unit], outcomes: &[UnitOutcome], elapsed: Duration);
+    /// These units did not commit (or their outcome is unknown).
+    fn not_committed(&self, units: &[Unit]);
 }
 
 /// Batch limits.
@@ -122,10 +129,18 @@ async fn coordinate(
             if batch.is_empty() {
                 break;
             }
+            let mut batch = batch;
+            pre_claim(&mut batch, &*observer);
             let conns: Vec<u64> = batch.iter().map(|r| r.conn).filter(|c| *c != 0).collect();
             busy.extend(conns.iter().copied());
             for r in &batch {
-                to_notify.extend(r.unit.inserts.iter().map(|i| i.queue_id));
+                to_notify.extend(
+                    r.unit
+                        .inserts
+                        .iter()
+                        .filter(|i| !i.pre_claimed)
+                        .map(|i| i.queue_id),
+                );
                 to_notify.extend(r.unit.releases.iter().filter_map(|rel| rel.dead_letter));
             }
             let notify = if !to_notify.is_empty() && last_notify.elapsed() >= NOTIFY_EVERY {
@@ -164,6 +179,29 @@ async fn coordinate(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Marks the fresh messages of a batch that local consumers can take at once as claimed in the
+/// insert (in send order per queue, as far as the consumers' credit reaches): they are then
+/// dispatched from memory after the commit, with no claim statement and no read-back. Grouped
+/// and delayed messages always go through the table.
+fn pre_claim(batch: &mut [Request], observer: &dyn CommitObserver) {
+    let now = postbus_model::now_ms();
+    let mut per_queue: std::collections::BTreeMap<i32, Vec<(usize, usize)>> = Default::default();
+    for (ri, r) in batch.iter().enumerate() {
+        for (ii, row) in r.unit.inserts.iter().enumerate() {
+            let m = &row.message;
+            if m.group_id.is_none() && m.deliver_at.is_none_or(|t| t <= now) {
+                per_queue.entry(row.queue_id).or_default().push((ri, ii));
+            }
+        }
+    }
+    for (queue_id, rows) in per_queue {
+        let granted = observer.reserve(queue_id, rows.len());
+        for &(ri, ii) in rows.iter().take(granted) {
+            batch[ri].unit.inserts[ii].pre_claimed = true;
         }
     }
 }
@@ -229,7 +267,15 @@ async fn write_and_reply(
         // units one by one so only that unit's client gets the error.
         tracing::warn!(error = %e, units = batch.units.len(), "group commit refused; retrying its units one by one");
         let results = write_units_alone(store, &batch, retry_for).await;
-        for (reply, r) in replies.into_iter().zip(results) {
+        for ((unit, reply), r) in batch.units.iter().zip(replies).zip(results) {
+            match &r {
+                Ok(outcome) => observer.committed(
+                    std::slice::from_ref(unit),
+                    std::slice::from_ref(outcome),
+                    started.elapsed(),
+                ),
+                Err(_) => observer.not_committed(std::slice::from_ref(unit)),
+            }
             let _ = reply.send(r);
         }
         return;
@@ -247,6 +293,7 @@ async fn write_and_reply(
                 other => WriteError::Failed(other.to_string()),
             };
             tracing::error!(error = %e, units = batch.units.len(), "group commit failed");
+            observer.not_committed(&batch.units);
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }

@@ -124,11 +124,12 @@ impl PropertyValue {
             PropertyValue::Short(v) => J::from(*v),
             PropertyValue::Int(v) => J::from(*v),
             PropertyValue::Long(v) => J::from(*v),
-            // Non-finite numbers have no JSON form: keep them as strings typed by the type map.
+            // Non-finite numbers have no JSON number form: an object marks them, which the
+            // selector pushdown treats as "any number" (NaN or an infinity), never as a string.
             PropertyValue::Float(v) if v.is_finite() => J::from(*v as f64),
             PropertyValue::Double(v) if v.is_finite() => J::from(*v),
-            PropertyValue::Float(v) => J::String(v.to_string()),
-            PropertyValue::Double(v) => J::String(v.to_string()),
+            PropertyValue::Float(v) => non_finite(*v as f64),
+            PropertyValue::Double(v) => non_finite(*v),
         }
     }
 
@@ -141,6 +142,24 @@ impl PropertyValue {
             }
             (J::String(s), Some(t)) => PropertyValue::parse_as(t, s),
             (J::Bool(b), None | Some(PropertyType::Boolean)) => Ok(PropertyValue::Boolean(*b)),
+            (J::Object(o), Some(t @ (PropertyType::Float | PropertyType::Double))) => {
+                let v = match o.get(NON_FINITE_KEY).and_then(|v| v.as_str()) {
+                    Some("NaN") => f64::NAN,
+                    Some("inf") => f64::INFINITY,
+                    Some("-inf") => f64::NEG_INFINITY,
+                    _ => {
+                        return Err(format!(
+                            "{} is not a stored non-finite number",
+                            J::Object(o.clone())
+                        ));
+                    }
+                };
+                Ok(if t == PropertyType::Float {
+                    PropertyValue::Float(v as f32)
+                } else {
+                    PropertyValue::Double(v)
+                })
+            }
             (J::Number(n), ty) => {
                 let ty = ty.unwrap_or(if n.is_i64() {
                     PropertyType::Long
@@ -194,6 +213,20 @@ impl fmt::Display for PropertyValue {
             PropertyValue::Double(v) => write!(f, "{v}"),
         }
     }
+}
+
+/// The key of the object that stores a NaN or an infinity: `{"nonfinite": "NaN"|"inf"|"-inf"}`.
+pub const NON_FINITE_KEY: &str = "nonfinite";
+
+fn non_finite(v: f64) -> serde_json::Value {
+    let text = if v.is_nan() {
+        "NaN"
+    } else if v > 0.0 {
+        "inf"
+    } else {
+        "-inf"
+    };
+    serde_json::json!({ NON_FINITE_KEY: text })
 }
 
 /// Why a property set was refused.
@@ -354,12 +387,20 @@ mod tests {
         p.insert("d", PropertyValue::Double(15000.5));
         p.insert("y", PropertyValue::Byte(-3));
         p.insert("h", PropertyValue::Short(300));
+        p.insert("nan", PropertyValue::Double(f64::NAN));
+        p.insert("inf", PropertyValue::Float(f32::INFINITY));
+        p.insert("ninf", PropertyValue::Double(f64::NEG_INFINITY));
         let values = p.to_json().unwrap();
         let types = p.types_json().unwrap();
         assert_eq!(values["l"].as_i64(), Some(9_007_199_254_740_993));
         assert_eq!(values["f"].as_f64(), Some(0.1f32 as f64));
+        assert!(
+            values["nan"].is_object(),
+            "non-finite numbers are never JSON strings"
+        );
         let back = Properties::from_json(Some(&values), Some(&types)).unwrap();
-        assert_eq!(back, p);
+        // NaN != NaN, so compare the text forms.
+        assert_eq!(format!("{back:?}"), format!("{p:?}"));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct InsertRow {
     /// The queue's dedup window in ms (used when the message has a dedup id).
     pub dedup_window_ms: i64,
     pub message: NewMessage,
+    /// Claimed for delivery by the writing node in the insert itself (the node hands it to a
+    /// local consumer from memory after the commit, with no claim statement).
+    pub pre_claimed: bool,
 }
 
 /// An in-flight message to give back: for redelivery after `ready_at`, or to a dead-letter queue.
@@ -119,7 +122,7 @@ impl Store {
     async fn simple_batch(&self, batch: &WriteBatch) -> Result<Vec<UnitOutcome>, StoreError> {
         let client = self.client().await?;
         let rows: Vec<&InsertRow> = batch.units.iter().flat_map(|u| u.inserts.iter()).collect();
-        let cols = Columns::new(&rows);
+        let cols = Columns::new(&rows, batch.node);
         let acks: Vec<i64> = batch
             .units
             .iter()
@@ -128,7 +131,7 @@ impl Store {
         let releases: Vec<&ReleaseRow> =
             batch.units.iter().flat_map(|u| u.releases.iter()).collect();
         let rel = ReleaseColumns::new(&releases);
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(27);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(28);
         params.extend(cols.params());
         params.push(&batch.node.0);
         params.push(&acks);
@@ -387,7 +390,7 @@ impl Store {
         let releases: Vec<&ReleaseRow> = live.iter().flat_map(|(_, u)| u.releases.iter()).collect();
         let do_insert = async {
             if !to_insert.is_empty() {
-                insert_messages(client, &inserts, &ids, &to_insert).await?;
+                insert_messages(client, batch.node, &inserts, &ids, &to_insert).await?;
             }
             Ok::<_, StoreError>(())
         };
@@ -561,6 +564,7 @@ enum Step {
 /// A batch's messages as column arrays, the parameters of the multi-row insert.
 struct Columns<'a> {
     queue: Vec<i32>,
+    owner: Vec<Option<i64>>,
     priority: Vec<i16>,
     ready_at: Vec<Option<i64>>,
     expires: Vec<i64>,
@@ -581,11 +585,15 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn new(rows: &[&'a InsertRow]) -> Self {
+    fn new(rows: &[&'a InsertRow], node: NodeId) -> Self {
         let now = postbus_model::now_ms();
         let m = |r: &&'a InsertRow| -> &'a NewMessage { &r.message };
         Columns {
             queue: rows.iter().map(|r| r.queue_id).collect(),
+            owner: rows
+                .iter()
+                .map(|r| r.pre_claimed.then_some(node.0))
+                .collect(),
             priority: rows.iter().map(|r| m(r).priority).collect(),
             ready_at: rows
                 .iter()
@@ -612,10 +620,11 @@ impl<'a> Columns<'a> {
         }
     }
 
-    /// The 18 column parameters, in the order of the insert statements' unnest.
-    fn params(&self) -> [&(dyn ToSql + Sync); 18] {
+    /// The 19 column parameters, in the order of the insert statements' unnest.
+    fn params(&self) -> [&(dyn ToSql + Sync); 19] {
         [
             &self.queue,
+            &self.owner,
             &self.priority,
             &self.ready_at,
             &self.expires,
@@ -676,13 +685,14 @@ impl<'a> ReleaseColumns<'a> {
 
 async fn insert_messages(
     client: &deadpool_postgres::Client,
+    node: NodeId,
     inserts: &[(usize, &InsertRow)],
     ids: &[i64],
     which: &[usize],
 ) -> Result<(), StoreError> {
     let rows: Vec<&InsertRow> = which.iter().map(|k| inserts[*k].1).collect();
     let id: Vec<i64> = which.iter().map(|k| ids[*k]).collect();
-    let cols = Columns::new(&rows);
+    let cols = Columns::new(&rows, node);
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&id];
     params.extend(cols.params());
     let stmt = client.prepare_cached(queries::INSERT_MESSAGES).await?;

@@ -25,20 +25,20 @@ pub const CURRENT_XID: &str = "SELECT pg_current_xact_id()::text";
 /// inserted message, (1, id, 0) per acked and (2, id, 0) per released message.
 pub const SIMPLE_BATCH: &str = "WITH rows AS ( \
         SELECT nextval('postbus.message_id_seq') AS id, u.* \
-        FROM unnest($1::int[], $2::smallint[], $3::bigint[], $4::bigint[], $5::bool[], $6::bigint[], \
-            $7::text[], $8::int[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-            $14::text[], $15::text[], $16::jsonb[], $17::jsonb[], $18::bytea[]) WITH ORDINALITY \
-            AS u(queue_id, priority, ready_at, expires_at, persistent, sent_at, group_id, group_seq, \
+        FROM unnest($1::int[], $2::bigint[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bool[], \
+            $7::bigint[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[], \
+            $14::text[], $15::text[], $16::text[], $17::jsonb[], $18::jsonb[], $19::bytea[]) WITH ORDINALITY \
+            AS u(queue_id, owner, priority, ready_at, expires_at, persistent, sent_at, group_id, group_seq, \
                  correlation_id, reply_to, jms_type, content_type, user_id, traceparent, tracestate, \
                  properties, property_types, body, ord)), \
      ins AS ( \
-        INSERT INTO postbus.messages (id, queue_id, priority, ready_at, expires_at, persistent, sent_at, \
+        INSERT INTO postbus.messages (id, queue_id, owner, priority, ready_at, expires_at, persistent, sent_at, \
             group_id, group_seq, correlation_id, reply_to, jms_type, content_type, user_id, traceparent, \
             tracestate, properties, property_types, body) \
-        SELECT id, queue_id, priority, ready_at, expires_at, persistent, sent_at, group_id, group_seq, \
+        SELECT id, queue_id, owner, priority, ready_at, expires_at, persistent, sent_at, group_id, group_seq, \
             correlation_id, reply_to, jms_type, content_type, user_id, traceparent, tracestate, properties, \
             property_types, body FROM rows), \
-     acked AS (DELETE FROM postbus.messages WHERE id = ANY($20::bigint[]) AND owner = $19 RETURNING id), \
+     acked AS (DELETE FROM postbus.messages WHERE id = ANY($21::bigint[]) AND owner = $20 RETURNING id), \
      released AS ( \
         UPDATE postbus.messages m SET owner = NULL, \
             delivery_count = m.delivery_count + u.increment, \
@@ -47,9 +47,9 @@ pub const SIMPLE_BATCH: &str = "WITH rows AS ( \
             dlq_reason = CASE WHEN u.dead_letter IS NULL THEN m.dlq_reason ELSE u.reason END, \
             origin = CASE WHEN u.dead_letter IS NULL THEN m.origin ELSE coalesce(m.origin, u.origin) END, \
             last_error = coalesce(u.last_error, m.last_error) \
-        FROM unnest($21::bigint[], $22::int[], $23::bigint[], $24::int[], $25::text[], $26::text[], $27::text[]) \
+        FROM unnest($22::bigint[], $23::int[], $24::bigint[], $25::int[], $26::text[], $27::text[], $28::text[]) \
             AS u(id, increment, ready_at, dead_letter, reason, origin, last_error) \
-        WHERE m.id = u.id AND m.id = ANY($21::bigint[]) AND m.owner = $19 \
+        WHERE m.id = u.id AND m.id = ANY($22::bigint[]) AND m.owner = $20 \
         RETURNING m.id) \
      SELECT 0, id, ord FROM rows \
      UNION ALL SELECT 1, id, 0::bigint FROM acked \
@@ -69,12 +69,12 @@ pub const FIND_DEDUP: &str = "SELECT queue_id, dedup_id, message_id FROM postbus
      WHERE (queue_id, dedup_id) IN (SELECT * FROM unnest($1::int[], $2::text[]))";
 
 /// The multi-row insert of a batch: one statement for any number of messages.
-pub const INSERT_MESSAGES: &str = "INSERT INTO postbus.messages (id, queue_id, priority, ready_at, expires_at, \
+pub const INSERT_MESSAGES: &str = "INSERT INTO postbus.messages (id, queue_id, owner, priority, ready_at, expires_at, \
         persistent, sent_at, group_id, group_seq, correlation_id, reply_to, jms_type, content_type, user_id, \
         traceparent, tracestate, properties, property_types, body) \
-     SELECT * FROM unnest($1::bigint[], $2::int[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bool[], \
-        $7::bigint[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
-        $15::text[], $16::text[], $17::jsonb[], $18::jsonb[], $19::bytea[])";
+     SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::smallint[], $5::bigint[], $6::bigint[], \
+        $7::bool[], $8::bigint[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[], $14::text[], \
+        $15::text[], $16::text[], $17::text[], $18::jsonb[], $19::jsonb[], $20::bytea[])";
 
 /// Acks: delete messages this node holds. Rows another node holds (this node's lease lapsed)
 /// are not touched and are missing from RETURNING.
