@@ -654,7 +654,7 @@ fn gen_message(r: &mut Rng, id: i64) -> Msg {
 /// A numeric literal in selector syntax.
 fn gen_num_literal(r: &mut Rng) -> String {
     match r.below(12) {
-        0 | 1 | 2 => {
+        0..=2 => {
             let v = *r.pick(LONGS);
             match r.below(6) {
                 0 => format!("{v}L"),
