@@ -204,21 +204,7 @@ impl Store {
                     .map(|id| InsertOutcome::Stored(MessageId(*id)))
                     .collect();
                 k += u.inserts.len();
-                UnitOutcome::Committed {
-                    inserted,
-                    lost_acks: u
-                        .acks
-                        .iter()
-                        .copied()
-                        .filter(|id| !acked.contains(id))
-                        .collect(),
-                    lost_releases: u
-                        .releases
-                        .iter()
-                        .map(|r| r.id)
-                        .filter(|id| !released.contains(id))
-                        .collect(),
-                }
+                committed(u, inserted, &acked, &released)
             })
             .collect())
     }
@@ -465,21 +451,7 @@ impl Store {
         for (i, u) in &live {
             let inserted = outcome_of_insert[k..k + u.inserts.len()].to_vec();
             k += u.inserts.len();
-            outcomes[*i] = UnitOutcome::Committed {
-                inserted,
-                lost_acks: u
-                    .acks
-                    .iter()
-                    .copied()
-                    .filter(|id| !acked.contains(id))
-                    .collect(),
-                lost_releases: u
-                    .releases
-                    .iter()
-                    .map(|r| r.id)
-                    .filter(|id| !released.contains(id))
-                    .collect(),
-            };
+            outcomes[*i] = committed(u, inserted, &acked, &released);
         }
         if let Some(ids) = &batch.notify {
             client.execute(queries::NOTIFY, &[ids]).await?;
@@ -537,6 +509,31 @@ impl Store {
         Err(StoreError::UnknownOutcome(format!(
             "transaction {xid}: the database stayed unreachable"
         )))
+    }
+}
+
+/// A committed unit's outcome: its inserts, and the acks and releases that found their message
+/// no longer held by this node.
+fn committed(
+    u: &Unit,
+    inserted: Vec<InsertOutcome>,
+    acked: &HashSet<i64>,
+    released: &HashSet<i64>,
+) -> UnitOutcome {
+    UnitOutcome::Committed {
+        inserted,
+        lost_acks: u
+            .acks
+            .iter()
+            .copied()
+            .filter(|id| !acked.contains(id))
+            .collect(),
+        lost_releases: u
+            .releases
+            .iter()
+            .map(|r| r.id)
+            .filter(|id| !released.contains(id))
+            .collect(),
     }
 }
 
