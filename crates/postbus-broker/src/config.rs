@@ -56,6 +56,10 @@ pub struct BrokerConfig {
     pub poll_interval_ms: u64,
     /// How long committed client transaction ids are remembered for COMMIT retries, ms.
     pub transaction_record_ms: i64,
+    /// Longest selector accepted on SUBSCRIBE, bytes.
+    pub max_selector_bytes: usize,
+    /// Deepest nesting accepted in a selector.
+    pub max_selector_depth: usize,
 }
 
 impl Default for BrokerConfig {
@@ -84,6 +88,8 @@ impl Default for BrokerConfig {
             claim_batch: 500,
             poll_interval_ms: 500,
             transaction_record_ms: 24 * 3600 * 1000,
+            max_selector_bytes: 4096,
+            max_selector_depth: 64,
         }
     }
 }
@@ -91,6 +97,13 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms as u64)
+    }
+
+    pub fn selector_limits(&self) -> postbus_selector::ParseLimits {
+        postbus_selector::ParseLimits {
+            max_length: self.max_selector_bytes,
+            max_depth: self.max_selector_depth,
+        }
     }
 
     pub fn codec_limits(&self) -> postbus_stomp::Limits {

@@ -6,6 +6,7 @@
 //! - [`engine`]: the shared broker state: destinations, queue runtimes, node lease, background jobs.
 //! - [`queue`]: one queue's consumers, credit, message groups and in-flight bookkeeping.
 //! - [`writer`]: group commit: units of many connections written in one transaction.
+//! - [`selecting`]: a consumer's JMS selector (exact evaluation and SQL narrowing).
 //! - [`send`]: turns a SEND frame into a validated message.
 //! - [`session`]: one STOMP connection's state machine.
 //! - [`server`]: the TCP listener and connection limits.
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod engine;
 pub mod queue;
+pub mod selecting;
 pub mod send;
 pub mod server;
 pub mod session;

@@ -14,6 +14,7 @@ use postbus_model::{QueueSettings, StoredMessage};
 use tokio::sync::{Notify, mpsc};
 
 use crate::engine::Engine;
+use crate::selecting::ConsumerSelector;
 
 /// A consumer's id, unique within this broker process.
 pub type ConsumerId = u64;
@@ -59,6 +60,9 @@ pub struct ConsumerSpec {
     pub subscription: Arc<str>,
     pub prefetch: u32,
     pub exclusive: bool,
+    /// A JMS selector: the consumer gets only plain (ungrouped) messages that match, claimed for
+    /// it alone; without one it shares everything else round-robin.
+    pub selector: Option<Arc<ConsumerSelector>>,
     pub events: mpsc::UnboundedSender<SessionEvent>,
 }
 
@@ -80,13 +84,30 @@ struct ConsumerSlot {
     /// Messages with an ack, nack or transaction under way: not to be settled twice.
     settling: HashSet<i64>,
     next_seq: u64,
+    /// Ids this consumer's selector rejected after the SQL narrowing let them through; excluded
+    /// from its next claims (message properties never change).
+    rejected: HashSet<i64>,
 }
 
 impl ConsumerSlot {
     fn credit(&self) -> usize {
         (self.spec.prefetch as usize).saturating_sub(self.in_flight.len())
     }
+
+    /// Credit this consumer offers to the shared (unselected) flow.
+    fn plain_credit(&self) -> usize {
+        if self.spec.selector.is_some() {
+            0
+        } else {
+            self.credit()
+        }
+    }
 }
+
+/// Most rejected ids remembered per selective consumer; past it, the consumer's claims stop
+/// (logged) rather than grow without bound. Only selectors whose SQL narrowing is partial
+/// (arithmetic) get near it.
+const MAX_REJECTED: usize = 10_000;
 
 #[derive(Default)]
 struct QueueState {
@@ -180,6 +201,7 @@ impl QueueRuntime {
             index: HashMap::new(),
             settling: HashSet::new(),
             next_seq: 0,
+            rejected: HashSet::new(),
         });
         drop(st);
         self.wake();
@@ -350,7 +372,7 @@ impl QueueRuntime {
         let credit: usize = if self.is_exclusive(&st) {
             st.consumers.first().map(|c| c.credit()).unwrap_or(0)
         } else {
-            st.consumers.iter().map(|c| c.credit()).sum()
+            st.consumers.iter().map(|c| c.plain_credit()).sum()
         };
         if st.pending.len() >= claim_batch {
             return (0, epoch, exclusive);
@@ -374,7 +396,7 @@ impl QueueRuntime {
             && st.pending.is_empty()
             && !st.consumers.is_empty();
         let take = if open && !self.is_exclusive(&st) {
-            let credit: usize = st.consumers.iter().map(|c| c.credit()).sum();
+            let credit: usize = st.consumers.iter().map(|c| c.plain_credit()).sum();
             n.min(credit.saturating_sub(st.reserved))
         } else {
             0
@@ -439,6 +461,83 @@ impl QueueRuntime {
         self.lock().backlog_epoch
     }
 
+    /// The selective consumers that can take messages now: (consumer, selector, credit, the
+    /// ids its selector rejected so far). None while a release is under way.
+    fn selector_targets(&self) -> Vec<(ConsumerId, Arc<ConsumerSelector>, usize, Vec<i64>)> {
+        let st = self.lock();
+        if st.closed || st.releasing > 0 {
+            return vec![];
+        }
+        st.consumers
+            .iter()
+            .filter_map(|c| {
+                let sel = c.spec.selector.clone()?;
+                let credit = c.credit();
+                (credit > 0 && c.rejected.len() < MAX_REJECTED)
+                    .then(|| (c.spec.id, sel, credit, c.rejected.iter().copied().collect()))
+            })
+            .collect()
+    }
+
+    /// Remembers ids a consumer's selector rejected.
+    fn reject(&self, consumer: ConsumerId, ids: &[i64]) {
+        let mut st = self.lock();
+        if let Some(c) = st.consumers.iter_mut().find(|c| c.spec.id == consumer) {
+            c.rejected.extend(ids);
+            if c.rejected.len() >= MAX_REJECTED {
+                tracing::warn!(queue = %self.name, consumer, "a selective consumer rejected {MAX_REJECTED} claimed messages; its claims stop until it resubscribes (its selector cannot be narrowed in SQL)");
+            }
+        }
+    }
+
+    /// Delivers messages claimed for one selective consumer; returns those to give back (the
+    /// consumer left, a release started meanwhile, or its credit shrank).
+    fn deliver_selected(
+        self: &Arc<Self>,
+        consumer: ConsumerId,
+        messages: Vec<StoredMessage>,
+        epoch: u64,
+    ) -> Vec<StoredMessage> {
+        let mut st = self.lock();
+        let Some(i) = st.consumers.iter().position(|c| c.spec.id == consumer) else {
+            return messages;
+        };
+        if st.release_epoch != epoch {
+            return messages;
+        }
+        let mut back = Vec::new();
+        for m in messages {
+            let slot = &mut st.consumers[i];
+            if slot.credit() == 0 {
+                back.push(m);
+                continue;
+            }
+            let seq = slot.next_seq;
+            slot.next_seq += 1;
+            slot.in_flight.insert(
+                seq,
+                InFlight {
+                    id: m.id.0,
+                    delivery_count: m.delivery_count,
+                    group: None,
+                },
+            );
+            slot.index.insert(m.id.0, seq);
+            let delivery = Delivery {
+                subscription: slot.spec.subscription.clone(),
+                consumer,
+                queue: self.clone(),
+                message: m,
+            };
+            let _ = slot.spec.events.send(SessionEvent::Deliver(delivery));
+        }
+        back
+    }
+
+    fn release_epoch(&self) -> u64 {
+        self.lock().release_epoch
+    }
+
     /// No consumers, nothing claimed and nothing being released: leases can go.
     fn is_idle(&self) -> bool {
         let st = self.lock();
@@ -472,7 +571,7 @@ impl QueueRuntime {
             let start = st.next;
             let found = (0..n)
                 .map(|i| (start + i) % n)
-                .find(|&i| st.consumers[i].credit() > 0);
+                .find(|&i| st.consumers[i].plain_credit() > 0);
             if let Some(i) = found {
                 st.next = (i + 1) % n;
             }
@@ -671,10 +770,57 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
                 break;
             }
         }
+        serve_selective_consumers(&engine, &queue).await;
         tokio::select! {
             _ = queue.wake.notified() => {}
             // Other brokers may have written without a (throttled) NOTIFY reaching us.
             _ = tokio::time::sleep(poll) => queue.mark_backlog(),
+        }
+    }
+}
+
+/// Claims for each selective consumer with credit: PostgreSQL narrows with the selector's SQL,
+/// the evaluator decides exactly; what it rejects goes back and is not claimed for that
+/// consumer again.
+async fn serve_selective_consumers(engine: &Engine, queue: &Arc<QueueRuntime>) {
+    for (consumer, selector, credit, rejected) in queue.selector_targets() {
+        let epoch = queue.release_epoch();
+        let claimed = match engine
+            .store()
+            .claim_selected(
+                engine.node(),
+                queue.id,
+                credit as i64,
+                &selector.filter,
+                &rejected,
+            )
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(queue = %queue.name, consumer, error = %e, "selective claim failed");
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            continue;
+        }
+        let (deliverable, dead) = engine.split_dead_letters(queue, claimed);
+        if !dead.is_empty() {
+            engine.dead_letter(queue, dead).await;
+        }
+        let (hits, misses): (Vec<StoredMessage>, Vec<StoredMessage>) =
+            deliverable.into_iter().partition(|m| selector.matches(m));
+        tracing::debug!(queue = %queue.name, consumer, hits = hits.len(), misses = misses.len(), "selective claim");
+        if !misses.is_empty() {
+            queue.reject(consumer, &misses.iter().map(|m| m.id.0).collect::<Vec<_>>());
+        }
+        let mut back = queue.deliver_selected(consumer, hits, epoch);
+        back.extend(misses);
+        if !back.is_empty() {
+            engine.give_back(queue, back).await;
+            // What went back may suit another consumer.
+            queue.wake();
         }
     }
 }

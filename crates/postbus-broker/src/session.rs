@@ -25,6 +25,7 @@ use crate::engine::Engine;
 use crate::queue::{
     AckMode, ConsumerId, ConsumerSpec, InFlight, QueueRuntime, SessionEvent, Settled,
 };
+use crate::selecting::ConsumerSelector;
 use crate::send::parse_send;
 use crate::writer::WriteError;
 
@@ -635,15 +636,6 @@ impl Session {
                 r,
             ));
         }
-        if frame
-            .header("selector")
-            .is_some_and(|s| !s.trim().is_empty())
-        {
-            return Some(End::error(
-                "message selectors are not supported by this broker version",
-                r,
-            ));
-        }
         if frame.header("browse").is_some_and(|b| b == "true") {
             return Some(End::error(
                 "browse subscriptions are not supported by this broker version",
@@ -673,6 +665,21 @@ impl Session {
             .header("exclusive")
             .or_else(|| frame.header("activemq.exclusive"))
             == Some("true");
+        let selector = match frame.header("selector").filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(_) if exclusive => {
+                return Some(End::error(
+                    "a selector on an exclusive consumer is not supported: drop one of them",
+                    r,
+                ));
+            }
+            Some(text) => {
+                match ConsumerSelector::parse(text, &self.engine.config().selector_limits()) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => return Some(End::error(e, r)),
+                }
+            }
+        };
         let queue = match self
             .engine
             .queue(&destination.name, self.engine.config().auto_create_queues)
@@ -687,6 +694,7 @@ impl Session {
             subscription: Arc::from(id.as_str()),
             prefetch,
             exclusive,
+            selector,
             events: self.events_tx.clone(),
         });
         self.engine.ensure_dispatcher(&queue);

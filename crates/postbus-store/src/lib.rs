@@ -13,6 +13,9 @@ mod queries;
 
 pub use queries::WAKE_CHANNEL;
 mod read;
+mod selection;
+
+pub use selection::{FILTER_FIRST_PARAM, MessagesMapping};
 
 pub use admin::{DestinationRow, DestinationStats};
 pub use batch::{InsertOutcome, InsertRow, ReleaseRow, Unit, UnitOutcome, WriteBatch};

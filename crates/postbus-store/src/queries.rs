@@ -132,6 +132,24 @@ pub const CLAIM_GROUPED: &str = "UPDATE postbus.messages m SET owner = $1 \
            FOR UPDATE SKIP LOCKED)) \
      RETURNING ";
 
+/// A selective consumer's claim: plain messages of queue `$2` passing the selector's SQL filter
+/// (parameters from `$6`), except ids in `$5` (already rejected by the exact evaluator).
+pub fn claim_selected(filter_sql: &str) -> String {
+    format!(
+        "UPDATE postbus.messages m SET owner = $1 \
+         WHERE m.id = ANY(ARRAY( \
+               SELECT c.id FROM postbus.messages c \
+               WHERE c.queue_id = $2 AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NULL \
+                 AND (c.expires_at = 0 OR c.expires_at > $4) \
+                 AND c.id <> ALL($5::bigint[]) \
+                 AND ({filter_sql}) \
+               ORDER BY c.priority DESC, c.id \
+               LIMIT $3 \
+               FOR UPDATE SKIP LOCKED)) \
+         RETURNING {MESSAGE_COLUMNS}"
+    )
+}
+
 /// Takes (or confirms) a dispatch lease; a row comes back when this node holds it.
 pub const ACQUIRE_LEASE: &str = "INSERT INTO postbus.queue_leases AS l (queue_id, kind, node_id) VALUES ($1, $2, $3) \
      ON CONFLICT (queue_id, kind) DO UPDATE SET node_id = excluded.node_id \
