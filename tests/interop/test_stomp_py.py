@@ -619,6 +619,31 @@ class StompPyInterop(InteropCase):
         c.ack(m)
         self.assert_next_is_marker(c, p, dest)
 
+    # (10) ---------------------------------------------------------------------------------
+    def test_10_selector_on_subscribe(self):
+        dest = queue_name("selector")
+        p = self.client("producer")
+        rows = [("EUR", "15000.5", "EU-west"), ("USD", "20000", "US-east"), ("EUR", "500", "EU-west"),
+                ("GBP", "99999", "EU-north"), ("USD", "12000", "EU-south")]
+        for i, (cur, amount, region) in enumerate(rows):
+            p.send(dest, f"m{i}", currency=cur, amount=amount, region=region,
+                   **{"postbus-types": "amount:double"})
+        c = self.client("selective")
+        c.subscribe(dest, "s", "client-individual",
+                    selector="currency IN ('EUR','USD') AND amount > 10000 AND region LIKE 'EU-%'")
+        got = []
+        for _ in range(2):
+            m = c.next_message("a matching message")
+            got.append(m.body)
+            c.ack(m)
+        self.assertEqual(got, ["m0", "m4"])
+        # An invalid selector is refused with the column of the fault.
+        bad = self.client("bad-selector")
+        bad.conn.subscribe(dest, "b", ack="auto", headers={"selector": "amount > AND x = 1"})
+        bad.rec.wait(lambda: bad.rec.errors, "an ERROR frame for an invalid selector")
+        err = bad.rec.errors[0]
+        self.assertIn("column 10", err.headers.get("message", ""), describe(err))
+
 
 def main():
     global ADDR
