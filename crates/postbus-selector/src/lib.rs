@@ -146,6 +146,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
+pub mod fuzzing;
 pub use ast::{ArithOp, CmpOp, Expr, Literal, UnaryOp};
 pub use error::{ParseLimits, SelectorError};
 pub use lexer::is_valid_identifier;
