@@ -66,6 +66,20 @@ pub struct BenchArgs {
     /// Extra SEND header NAME=VALUE (repeatable).
     #[arg(long = "send-header")]
     pub send_headers: Vec<String>,
+    /// Every K-th message carries the header `pick:yes` (the others `pick:no`), for selector
+    /// runs (0 = no such header).
+    #[arg(long, default_value_t = 0)]
+    pub match_every: u64,
+    /// Consumers subscribe with this JMS selector.
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Only produce (fill the destination); no consumers and no delivery checks.
+    #[arg(long, conflicts_with = "drain")]
+    pub fill_only: bool,
+    /// Only consume: no producers; the consumers stop after receiving this many messages (or
+    /// 10 s without one). Reports the time to drain them.
+    #[arg(long)]
+    pub drain: Option<u64>,
     /// A label for the report.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -123,9 +137,13 @@ pub async fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let sub_headers = pairs(&a.subscribe_headers)?;
     let send_headers = pairs(&a.send_headers)?;
 
+    if let Some(n) = a.drain {
+        return drain_only(a, &dest, &opts, n, &sub_headers).await;
+    }
     // Consumers first, so nothing waits in the queue at the start.
     let mut consumers = Vec::new();
-    for c in 0..a.consumers {
+    let consumer_count = if a.fill_only { 0 } else { a.consumers };
+    for c in 0..consumer_count {
         let mut client = Client::connect(&a.target, &opts).await?;
         let prefetch = a.prefetch.to_string();
         let mut h: Vec<(&str, &str)> = vec![
@@ -175,6 +193,27 @@ pub async fn run(a: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed();
+    if a.fill_only {
+        let confirmed = shared.lock().unwrap().confirmed;
+        let rate = confirmed as f64 / send_elapsed.as_secs_f64();
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"label": a.label, "destination": dest, "confirmed": confirmed, "seconds": send_elapsed.as_secs_f64(), "msgs_per_sec": rate})
+            );
+        } else {
+            println!(
+                "[{}] filled {dest} with {confirmed} confirmed messages in {:.1}s ({rate:.0} msgs/s)",
+                a.label,
+                send_elapsed.as_secs_f64()
+            );
+        }
+        return if producer_errors.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("producer errors: {producer_errors:?}")
+        };
+    }
     let s = shared.lock().unwrap();
     let hist = s.latency.as_ref().expect("histogram");
     let unique = s.seen.len() as u64;
@@ -312,6 +351,14 @@ async fn produce(
                     *s += 1;
                 }
             }
+            if a.match_every > 0 {
+                let pick = if seq % a.match_every == a.match_every - 1 {
+                    "yes"
+                } else {
+                    "no"
+                };
+                h.push(("pick".into(), pick.into()));
+            }
             if let Some(tx) = &tx {
                 h.push(("transaction".into(), tx.clone()));
             }
@@ -435,5 +482,76 @@ async fn consume(
         }
     }
     client.disconnect().await?;
+    Ok(())
+}
+
+/// Consumers only: receive `expect` messages from an existing queue (optionally through a
+/// selector), acking each, and report the time it took.
+async fn drain_only(
+    a: &BenchArgs,
+    dest: &str,
+    opts: &ConnectOptions,
+    expect: u64,
+    sub_headers: &[(String, String)],
+) -> anyhow::Result<()> {
+    let received = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..a.consumers.max(1) {
+        let mut client = Client::connect(&a.target, opts).await?;
+        let prefetch = a.prefetch.to_string();
+        let mut h: Vec<(&str, &str)> = vec![
+            ("prefetch", prefetch.as_str()),
+            ("activemq.prefetchSize", prefetch.as_str()),
+        ];
+        h.extend(sub_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some(sel) = &a.selector {
+            h.push(("selector", sel.as_str()));
+        }
+        client
+            .subscribe(dest, &format!("drain-{c}"), "client-individual", &h)
+            .await?;
+        let received = received.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut idle = Instant::now();
+            while received.load(Ordering::SeqCst) < expect
+                && idle.elapsed() < Duration::from_secs(10)
+            {
+                if let Some(m) = client.recv_timeout(Duration::from_millis(200)).await? {
+                    idle = Instant::now();
+                    received.fetch_add(1, Ordering::SeqCst);
+                    client
+                        .send_frame(settle_frame(Command::Ack, &m, None))
+                        .await?;
+                }
+            }
+            client.disconnect().await?;
+            Ok::<_, postbus_client::ClientError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let got = received.load(Ordering::SeqCst);
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"label": a.label, "destination": dest, "selector": a.selector, "received": got, "expected": expect, "seconds": secs, "msgs_per_sec": got as f64 / secs})
+        );
+    } else {
+        println!(
+            "[{}] drained {got} of {expect} from {dest}{} in {secs:.2}s ({:.0} msgs/s)",
+            a.label,
+            a.selector
+                .as_ref()
+                .map(|s| format!(" with selector {s:?}"))
+                .unwrap_or_default(),
+            got as f64 / secs
+        );
+    }
+    if got < expect {
+        anyhow::bail!("received {got} of the {expect} expected messages");
+    }
     Ok(())
 }
