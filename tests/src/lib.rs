@@ -13,7 +13,7 @@ pub mod workload;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -394,6 +394,3 @@ impl Drop for BrokerProcess {
         self.kill();
     }
 }
-
-/// Shared counter helper for concurrent tests.
-pub type Shared<T> = Arc<Mutex<T>>;

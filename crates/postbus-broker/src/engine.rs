@@ -316,16 +316,6 @@ impl Engine {
         Ok(q)
     }
 
-    /// Forgets a queue's runtime (after it was deleted or its settings changed).
-    pub fn forget_queue(&self, name: &str) {
-        let mut queues = self.lock_queues();
-        if let Some(q) = queues.by_name.remove(name) {
-            queues.by_id.remove(&q.id);
-            queues.dispatching.remove(&q.id);
-            q.close();
-        }
-    }
-
     /// Makes sure the queue's dispatcher runs (it is started with the first consumer).
     pub fn ensure_dispatcher(&self, queue: &Arc<QueueRuntime>) {
         let mut queues = self.lock_queues();

@@ -189,10 +189,6 @@ impl QueueRuntime {
         self.wake.notify_one();
     }
 
-    pub fn consumer_count(&self) -> usize {
-        self.lock().consumers.len()
-    }
-
     pub fn add_consumer(&self, spec: ConsumerSpec) {
         let mut st = self.lock();
         st.consumers.push(ConsumerSlot {

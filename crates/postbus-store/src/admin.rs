@@ -68,20 +68,6 @@ impl Store {
             .transpose()
     }
 
-    pub async fn destination_by_id(&self, id: i32) -> Result<Option<DestinationRow>, StoreError> {
-        let client = self.client().await?;
-        let sql = format!(
-            "SELECT {} FROM postbus.destinations WHERE id = $1",
-            queries::DESTINATION_COLUMNS
-        );
-        client
-            .query_opt(&sql, &[&id])
-            .await?
-            .as_ref()
-            .map(row_to_destination)
-            .transpose()
-    }
-
     /// Creates a destination if it does not exist and returns it (as it is now).
     pub async fn create_destination(
         &self,

@@ -120,12 +120,6 @@ impl Store {
     > {
         Ok(self.config.connect(tokio_postgres::NoTls).await?)
     }
-
-    /// Pool usage: (connections open, connections idle, max size).
-    pub fn pool_status(&self) -> (usize, usize, usize) {
-        let s = self.pool.status();
-        (s.size, s.available, s.max_size)
-    }
 }
 
 pub use tokio_postgres::{Client as PgClient, Error as PgError, SimpleQueryMessage};

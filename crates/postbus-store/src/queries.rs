@@ -164,10 +164,6 @@ pub const PROMOTE_SCHEDULED: &str = "WITH p AS (UPDATE postbus.messages SET read
         WHERE ready_at IS NOT NULL AND ready_at <= $1 RETURNING queue_id) \
      SELECT DISTINCT queue_id FROM p";
 
-/// The next time a scheduled message becomes deliverable.
-pub const NEXT_SCHEDULED: &str =
-    "SELECT min(ready_at) FROM postbus.messages WHERE ready_at IS NOT NULL";
-
 /// Expired messages nobody holds, a bounded number at a time.
 pub const EXPIRED: &str = "SELECT m.id, m.queue_id, d.expiry_queue, d.name FROM postbus.messages m \
      JOIN postbus.destinations d ON d.id = m.queue_id \

@@ -115,12 +115,6 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// The epoch ms at which the next scheduled message becomes deliverable.
-    pub async fn next_scheduled(&self) -> Result<Option<i64>, StoreError> {
-        let client = self.client().await?;
-        Ok(client.query_one(queries::NEXT_SCHEDULED, &[]).await?.get(0))
-    }
-
     /// Removes (or moves to their expiry queue) up to `limit` expired messages nobody holds.
     /// `expiry_queue_id` resolves an expiry-queue name to a queue id (creating it if needed).
     pub async fn sweep_expired<F>(
