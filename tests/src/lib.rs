@@ -237,6 +237,21 @@ impl TestBroker {
         }
     }
 
+    /// Two brokers (nodes `NAME-a` and `NAME-b`) on one fresh database, both with `config`.
+    pub async fn pair(name: &str, config: BrokerConfig) -> (TestBroker, TestBroker) {
+        let a = Self::start_with(BrokerConfig {
+            node_name: Some(format!("{name}-a")),
+            ..config.clone()
+        })
+        .await;
+        let b_config = BrokerConfig {
+            node_name: Some(format!("{name}-b")),
+            ..config
+        };
+        let b = Self::on_database(&a.url, a.store.clone(), b_config).await;
+        (a, b)
+    }
+
     pub async fn client(&self) -> Client {
         connect(&self.addr).await
     }

@@ -72,12 +72,7 @@ async fn two_brokers_on_one_database_stay_correct_when_one_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exclusive_queue_has_one_active_consumer_across_brokers() {
     use postbus_tests::{TestBroker, test_config};
-    let mut cfg_a = test_config();
-    cfg_a.node_name = Some("excl-a".into());
-    let a = TestBroker::start_with(cfg_a).await;
-    let mut cfg_b = test_config();
-    cfg_b.node_name = Some("excl-b".into());
-    let b = TestBroker::on_database(&a.url, a.store.clone(), cfg_b).await;
+    let (a, b) = TestBroker::pair("excl", test_config()).await;
     let mut p = a.client().await;
     for i in 0..6 {
         p.send("/queue/ex2", format!("{i}"), &[]).await.unwrap();
@@ -127,13 +122,11 @@ async fn an_exclusive_queue_has_one_active_consumer_across_brokers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_broker_is_woken_by_notify_not_by_its_poll() {
     use postbus_tests::{TestBroker, test_config};
-    let mut cfg_a = test_config();
-    cfg_a.node_name = Some("wake-a".into());
-    cfg_a.poll_interval_ms = 60_000;
-    let a = TestBroker::start_with(cfg_a.clone()).await;
-    let mut cfg_b = cfg_a;
-    cfg_b.node_name = Some("wake-b".into());
-    let b = TestBroker::on_database(&a.url, a.store.clone(), cfg_b).await;
+    let config = postbus_broker::BrokerConfig {
+        poll_interval_ms: 60_000,
+        ..test_config()
+    };
+    let (a, b) = TestBroker::pair("wake", config).await;
     let mut c = b.client().await;
     c.subscribe("/queue/wake", "s", "auto", &[]).await.unwrap();
     // Let broker b's first (empty) claim and its LISTEN happen.

@@ -94,6 +94,30 @@ impl ConsumerSlot {
         (self.spec.prefetch as usize).saturating_sub(self.in_flight.len())
     }
 
+    /// Records a message as in flight to this consumer and sends it to its session. A closed
+    /// channel means the session is going away; the message stays in flight and is released
+    /// when the session removes the consumer.
+    fn hand_over(&mut self, queue: &Arc<QueueRuntime>, m: StoredMessage) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.in_flight.insert(
+            seq,
+            InFlight {
+                id: m.id.0,
+                delivery_count: m.delivery_count,
+                group: m.group_id.clone(),
+            },
+        );
+        self.index.insert(m.id.0, seq);
+        let delivery = Delivery {
+            subscription: self.spec.subscription.clone(),
+            consumer: self.spec.id,
+            queue: queue.clone(),
+            message: m,
+        };
+        let _ = self.spec.events.send(SessionEvent::Deliver(delivery));
+    }
+
     /// Credit this consumer offers to the shared (unselected) flow.
     fn plain_credit(&self) -> usize {
         if self.spec.selector.is_some() {
@@ -508,24 +532,7 @@ impl QueueRuntime {
                 back.push(m);
                 continue;
             }
-            let seq = slot.next_seq;
-            slot.next_seq += 1;
-            slot.in_flight.insert(
-                seq,
-                InFlight {
-                    id: m.id.0,
-                    delivery_count: m.delivery_count,
-                    group: None,
-                },
-            );
-            slot.index.insert(m.id.0, seq);
-            let delivery = Delivery {
-                subscription: slot.spec.subscription.clone(),
-                consumer,
-                queue: self.clone(),
-                message: m,
-            };
-            let _ = slot.spec.events.send(SessionEvent::Deliver(delivery));
+            slot.hand_over(self, m);
         }
         back
     }
@@ -578,27 +585,7 @@ impl QueueRuntime {
             let id = st.consumers[i].spec.id;
             st.groups.entry(g.clone()).or_insert((id, 0)).1 += 1;
         }
-        let slot = &mut st.consumers[i];
-        let seq = slot.next_seq;
-        slot.next_seq += 1;
-        slot.in_flight.insert(
-            seq,
-            InFlight {
-                id: m.id.0,
-                delivery_count: m.delivery_count,
-                group: m.group_id.clone(),
-            },
-        );
-        slot.index.insert(m.id.0, seq);
-        let delivery = Delivery {
-            subscription: slot.spec.subscription.clone(),
-            consumer: slot.spec.id,
-            queue: self.clone(),
-            message: m,
-        };
-        // A closed channel means the session is going away; the message stays in flight and is
-        // released when the session removes the consumer.
-        let _ = slot.spec.events.send(SessionEvent::Deliver(delivery));
+        st.consumers[i].hand_over(self, m);
         None
     }
 

@@ -189,10 +189,19 @@ impl Client {
         {
             return Ok(self.receipts.remove(pos).expect("position is valid"));
         }
+        self.read_until(|f| f.command == Command::Receipt && f.header("receipt-id") == Some(id))
+            .await
+    }
+
+    /// Reads frames until one satisfies `wanted`. MESSAGEs and RECEIPTs that do not are kept
+    /// for [`Client::recv`] and the receipt waits; an ERROR ends the wait with its message.
+    async fn read_until(&mut self, wanted: impl Fn(&Frame) -> bool) -> Result<Frame, ClientError> {
         loop {
             let f = self.read_frame().await?;
+            if wanted(&f) {
+                return Ok(f);
+            }
             match f.command {
-                Command::Receipt if f.header("receipt-id") == Some(id) => return Ok(f),
                 Command::Receipt => self.receipts.push_back(f),
                 Command::Message => self.backlog.push_back(f),
                 Command::Error => return Err(broker_error(f)),
@@ -211,20 +220,7 @@ impl Client {
         if let Some(r) = self.receipts.pop_front() {
             return Ok(r);
         }
-        loop {
-            let f = self.read_frame().await?;
-            match f.command {
-                Command::Receipt => return Ok(f),
-                Command::Message => self.backlog.push_back(f),
-                Command::Error => return Err(broker_error(f)),
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "unexpected {}",
-                        other.as_str()
-                    )));
-                }
-            }
-        }
+        self.read_until(|f| f.command == Command::Receipt).await
     }
 
     /// Sends a message and waits for the broker's receipt (the message is committed then).
@@ -266,20 +262,7 @@ impl Client {
         if let Some(f) = self.backlog.pop_front() {
             return Ok(f);
         }
-        loop {
-            let f = self.read_frame().await?;
-            match f.command {
-                Command::Message => return Ok(f),
-                Command::Receipt => self.receipts.push_back(f),
-                Command::Error => return Err(broker_error(f)),
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "unexpected {}",
-                        other.as_str()
-                    )));
-                }
-            }
-        }
+        self.read_until(|f| f.command == Command::Message).await
     }
 
     /// The next MESSAGE within `timeout`, or None.

@@ -1,5 +1,20 @@
 //! Every SQL statement of the broker's hot and cold paths, in one place, named for what it does.
 
+/// The SET list of a release (owner cleared, delivery counted, redelivery delay, dead-letter
+/// move), shared by [`RELEASE`] and the release part of [`SIMPLE_BATCH`]: `m` is the message,
+/// `u` the unnested release row.
+macro_rules! release_set {
+    () => {
+        "owner = NULL, \
+         delivery_count = m.delivery_count + u.increment, \
+         ready_at = u.ready_at, \
+         queue_id = coalesce(u.dead_letter, m.queue_id), \
+         dlq_reason = CASE WHEN u.dead_letter IS NULL THEN m.dlq_reason ELSE u.reason END, \
+         origin = CASE WHEN u.dead_letter IS NULL THEN m.origin ELSE coalesce(m.origin, u.origin) END, \
+         last_error = coalesce(u.last_error, m.last_error)"
+    };
+}
+
 /// The columns read back for delivery, in the order [`crate::read::row_to_message`] expects.
 pub const MESSAGE_COLUMNS: &str = "m.id, m.queue_id, m.priority, m.expires_at, m.delivery_count, m.persistent, \
      m.sent_at, m.group_id, m.group_seq, m.correlation_id, m.reply_to, m.jms_type, m.content_type, \
@@ -23,7 +38,8 @@ pub const CURRENT_XID: &str = "SELECT pg_current_xact_id()::text";
 /// The hot-path batch: inserts all messages (ids in input order), deletes all acked messages
 /// this node holds, releases all returned ones, in one statement. Returns (0, id, ordinal) per
 /// inserted message, (1, id, 0) per acked and (2, id, 0) per released message.
-pub const SIMPLE_BATCH: &str = "WITH rows AS ( \
+pub const SIMPLE_BATCH: &str = concat!(
+    "WITH rows AS ( \
         SELECT nextval('postbus.message_id_seq') AS id, u.* \
         FROM unnest($1::int[], $2::bigint[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bool[], \
             $7::bigint[], $8::text[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[], \
@@ -40,20 +56,16 @@ pub const SIMPLE_BATCH: &str = "WITH rows AS ( \
             property_types, body FROM rows), \
      acked AS (DELETE FROM postbus.messages WHERE id = ANY($21::bigint[]) AND owner = $20 RETURNING id), \
      released AS ( \
-        UPDATE postbus.messages m SET owner = NULL, \
-            delivery_count = m.delivery_count + u.increment, \
-            ready_at = u.ready_at, \
-            queue_id = coalesce(u.dead_letter, m.queue_id), \
-            dlq_reason = CASE WHEN u.dead_letter IS NULL THEN m.dlq_reason ELSE u.reason END, \
-            origin = CASE WHEN u.dead_letter IS NULL THEN m.origin ELSE coalesce(m.origin, u.origin) END, \
-            last_error = coalesce(u.last_error, m.last_error) \
-        FROM unnest($22::bigint[], $23::int[], $24::bigint[], $25::int[], $26::text[], $27::text[], $28::text[]) \
+        UPDATE postbus.messages m SET ",
+    release_set!(),
+    " FROM unnest($22::bigint[], $23::int[], $24::bigint[], $25::int[], $26::text[], $27::text[], $28::text[]) \
             AS u(id, increment, ready_at, dead_letter, reason, origin, last_error) \
         WHERE m.id = u.id AND m.id = ANY($22::bigint[]) AND m.owner = $20 \
         RETURNING m.id) \
      SELECT 0, id, ord FROM rows \
      UNION ALL SELECT 1, id, 0::bigint FROM acked \
-     UNION ALL SELECT 2, id, 0::bigint FROM released";
+     UNION ALL SELECT 2, id, 0::bigint FROM released",
+);
 
 /// Records dedup ids; a live record with the same id makes the row absent from RETURNING
 /// (a duplicate); an expired one is taken over.
@@ -82,17 +94,14 @@ pub const DELETE_ACKED: &str =
     "DELETE FROM postbus.messages WHERE id = ANY($2::bigint[]) AND owner = $1 RETURNING id";
 
 /// Returns in-flight messages for redelivery (or moves them to a dead-letter queue).
-pub const RELEASE: &str = "UPDATE postbus.messages m SET owner = NULL, \
-        delivery_count = m.delivery_count + u.increment, \
-        ready_at = u.ready_at, \
-        queue_id = coalesce(u.dead_letter, m.queue_id), \
-        dlq_reason = CASE WHEN u.dead_letter IS NULL THEN m.dlq_reason ELSE u.reason END, \
-        origin = CASE WHEN u.dead_letter IS NULL THEN m.origin ELSE coalesce(m.origin, u.origin) END, \
-        last_error = coalesce(u.last_error, m.last_error) \
-     FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[]) \
+pub const RELEASE: &str = concat!(
+    "UPDATE postbus.messages m SET ",
+    release_set!(),
+    " FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::int[], $6::text[], $7::text[], $8::text[]) \
         AS u(id, increment, ready_at, dead_letter, reason, origin, last_error) \
      WHERE m.id = u.id AND m.id = ANY($2::bigint[]) AND m.owner = $1 \
-     RETURNING m.id";
+     RETURNING m.id",
+);
 
 /// Records a client transaction as committed; a conflict means it was committed before.
 pub const INSERT_CLIENT_TX: &str = "INSERT INTO postbus.client_transactions (client_id, tx_id, committed_at) \
