@@ -60,6 +60,16 @@ pub struct BrokerConfig {
     pub max_selector_bytes: usize,
     /// Deepest nesting accepted in a selector.
     pub max_selector_depth: usize,
+    /// Most fresh messages a queue holds in memory beyond its consumers' credit (see
+    /// docs/configuration.md, "Dispatch buffer and producer flow control").
+    pub dispatch_buffer_messages: usize,
+    /// Most body bytes in that buffer.
+    pub dispatch_buffer_bytes: usize,
+    /// Longest a producer is held back while a queue's dispatch buffer is full, ms (0 = never).
+    pub producer_flow_control_ms: u64,
+    /// Most frames of one connection whose writes have not finished (sends awaiting their
+    /// commit); past it the broker stops reading that connection until some finish.
+    pub max_unconfirmed_frames: usize,
 }
 
 impl Default for BrokerConfig {
@@ -90,6 +100,10 @@ impl Default for BrokerConfig {
             transaction_record_ms: 24 * 3600 * 1000,
             max_selector_bytes: 4096,
             max_selector_depth: 64,
+            dispatch_buffer_messages: 1_000,
+            dispatch_buffer_bytes: 8 * 1024 * 1024,
+            producer_flow_control_ms: 1_000,
+            max_unconfirmed_frames: 1_000,
         }
     }
 }
@@ -103,6 +117,13 @@ impl BrokerConfig {
         postbus_selector::ParseLimits {
             max_length: self.max_selector_bytes,
             max_depth: self.max_selector_depth,
+        }
+    }
+
+    pub fn dispatch_buffer(&self) -> crate::queue::DispatchBuffer {
+        crate::queue::DispatchBuffer {
+            messages: self.dispatch_buffer_messages,
+            bytes: self.dispatch_buffer_bytes,
         }
     }
 

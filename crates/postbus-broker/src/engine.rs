@@ -62,7 +62,7 @@ pub struct Engine(Arc<Inner>);
 struct WakeOnCommit(Weak<Inner>);
 
 impl CommitObserver for WakeOnCommit {
-    fn reserve(&self, queue_id: i32, n: usize) -> usize {
+    fn reserve(&self, queue_id: i32, sizes: &[usize]) -> usize {
         let Some(inner) = self.0.upgrade() else {
             return 0;
         };
@@ -73,7 +73,7 @@ impl CommitObserver for WakeOnCommit {
             .by_id
             .get(&queue_id)
             .cloned();
-        queue.map(|q| q.reserve_fresh(n)).unwrap_or(0)
+        queue.map(|q| q.reserve_fresh(sizes)).unwrap_or(0)
     }
 
     fn committed(&self, units: &[Unit], outcomes: &[UnitOutcome], _elapsed: Duration) {
@@ -83,9 +83,12 @@ impl CommitObserver for WakeOnCommit {
         let engine = Engine(inner);
         // Fresh messages claimed in the insert go to their consumers from memory.
         let mut fresh: HashMap<i32, Vec<StoredMessage>> = HashMap::new();
-        let mut unreserve: HashMap<i32, usize> = HashMap::new();
+        // Queue -> (messages, body bytes) reserved for inserts that stored nothing.
+        let mut unreserve: HashMap<i32, (usize, usize)> = HashMap::new();
         // Queues that got plain messages in the table: fresh ones must not overtake them.
         let mut backlog: std::collections::HashSet<i32> = Default::default();
+        // Queues that got grouped messages (always written to the table).
+        let mut grouped: std::collections::HashSet<i32> = Default::default();
         for (unit, outcome) in units.iter().zip(outcomes) {
             let inserted = match outcome {
                 UnitOutcome::Committed { inserted, .. } => Some(inserted),
@@ -95,6 +98,8 @@ impl CommitObserver for WakeOnCommit {
                 if !row.pre_claimed {
                     if row.message.group_id.is_none() {
                         backlog.insert(row.queue_id);
+                    } else {
+                        grouped.insert(row.queue_id);
                     }
                     continue;
                 }
@@ -106,7 +111,11 @@ impl CommitObserver for WakeOnCommit {
                             &row.message,
                         ));
                     }
-                    _ => *unreserve.entry(row.queue_id).or_default() += 1,
+                    _ => {
+                        let e = unreserve.entry(row.queue_id).or_default();
+                        e.0 += 1;
+                        e.1 += row.message.body.len();
+                    }
                 }
             }
         }
@@ -114,11 +123,12 @@ impl CommitObserver for WakeOnCommit {
             .iter()
             .flat_map(|u| u.inserts.iter().map(|r| r.queue_id))
             .collect();
-        touched.extend(
-            units
-                .iter()
-                .flat_map(|u| u.releases.iter().filter_map(|r| r.dead_letter)),
-        );
+        // Dead-lettered messages land in their DLQ's table unclaimed.
+        let dead_lettered = units
+            .iter()
+            .flat_map(|u| u.releases.iter().filter_map(|r| r.dead_letter));
+        backlog.extend(dead_lettered.clone());
+        touched.extend(dead_lettered);
         touched.sort_unstable();
         touched.dedup();
         let queues: Vec<(i32, Option<Arc<QueueRuntime>>)> = {
@@ -132,9 +142,11 @@ impl CommitObserver for WakeOnCommit {
             let Some(queue) = queue else { continue };
             if backlog.contains(&id) {
                 queue.mark_backlog();
+            } else if grouped.contains(&id) {
+                queue.mark_grouped();
             }
-            if let Some(n) = unreserve.remove(&id) {
-                queue.unreserve(n);
+            if let Some((n, bytes)) = unreserve.remove(&id) {
+                queue.unreserve(n, bytes);
             }
             if let Some(messages) = fresh.remove(&id) {
                 let give_back = queue.accept_fresh(messages);
@@ -160,7 +172,7 @@ impl CommitObserver for WakeOnCommit {
             for row in unit.inserts.iter().filter(|r| r.pre_claimed) {
                 let queue = engine.lock_queues().by_id.get(&row.queue_id).cloned();
                 if let Some(q) = queue {
-                    q.unreserve(1);
+                    q.unreserve(1, row.message.body.len());
                 }
             }
         }
@@ -209,7 +221,8 @@ impl Engine {
         let node = store
             .register_node(&node_name, &hostname, config.node_lease_ms as i32)
             .await?;
-        let recovered = store.reap_nodes(node, &node_name).await?;
+        let mut recovered = store.reap_nodes(node, &node_name).await?;
+        recovered.extend(store.release_orphans().await?);
         tracing::info!(node = node.0, name = %node_name, recovered_queues = recovered.len(), "broker node registered");
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let limits = WriterLimits {
@@ -309,6 +322,7 @@ impl Engine {
                     row.id,
                     row.name.clone(),
                     row.settings.clone(),
+                    self.0.config.dispatch_buffer(),
                 ))
             })
             .clone();
@@ -538,6 +552,8 @@ impl Engine {
                 }
             },
         ));
+        // Once a minute: old dedup and transaction records, and messages held by nodes that
+        // no longer exist (rare, and it scans the in-flight index, so not with every heartbeat).
         tokio::spawn(periodic(
             weak.clone(),
             Duration::from_secs(60),
@@ -549,6 +565,10 @@ impl Engine {
                     .await
                 {
                     tracing::warn!(error = %e, "dedup/transaction record sweep failed");
+                }
+                match engine.0.store.release_orphans().await {
+                    Ok(queues) => engine.wake_queues(&queues),
+                    Err(e) => tracing::warn!(error = %e, "orphaned message sweep failed"),
                 }
             },
         ));

@@ -90,8 +90,13 @@ struct ConsumerSlot {
 }
 
 impl ConsumerSlot {
+    /// Messages this consumer may still be sent. A message it has acknowledged (or acked in
+    /// an open transaction) no longer counts while the ack commits: the client is done with
+    /// it, and holding its slot until the commit would bound each consumer to `prefetch`
+    /// messages per commit latency. Should the ack fail, the message counts again.
     fn credit(&self) -> usize {
-        (self.spec.prefetch as usize).saturating_sub(self.in_flight.len())
+        let unacked = self.in_flight.len().saturating_sub(self.settling.len());
+        (self.spec.prefetch as usize).saturating_sub(unacked)
     }
 
     /// Records a message as in flight to this consumer and sends it to its session. A closed
@@ -140,8 +145,11 @@ struct QueueState {
     next: usize,
     /// Group id -> (owning consumer, messages of the group in flight to it).
     groups: HashMap<String, (ConsumerId, u32)>,
-    /// Claimed by this node but not yet placed on a consumer, in claim order.
+    /// Claimed by this node but not yet placed on a consumer, in claim order: claimed from the
+    /// table for credit, or fresh messages inserted pre-claimed into the dispatch buffer.
     pending: VecDeque<StoredMessage>,
+    /// Body bytes of `pending`.
+    pending_bytes: usize,
     /// Releases under way: while any is, nothing is claimed, so a released message cannot be
     /// overtaken by a later one of its group.
     releasing: u32,
@@ -151,16 +159,53 @@ struct QueueState {
     /// Messages still settling (an ack or rollback under way) whose consumer is gone, with
     /// their group: the group stays with nobody until they settle.
     orphans: HashMap<i64, Option<String>>,
-    /// Credit promised to messages being inserted pre-claimed (dispatched from memory once
-    /// their batch commits).
+    /// Room promised to messages being inserted pre-claimed (dispatched from memory once
+    /// their batch commits), and their body bytes.
     reserved: usize,
+    reserved_bytes: usize,
     /// True when the last claim found no more deliverable messages outside groups in the
     /// table: only then may fresh messages skip the table, or they would overtake a backlog.
     drained: bool,
     /// Bumped whenever messages may have reached the table unclaimed; a claim that started
     /// before a bump cannot prove the table drained.
     backlog_epoch: u64,
+    /// Grouped messages may be waiting in the table (cleared when a grouped claim drains it).
+    grouped_waiting: bool,
     closed: bool,
+}
+
+impl QueueState {
+    fn push_pending(&mut self, m: StoredMessage) {
+        self.pending_bytes += m.body.len();
+        self.pending.push_back(m);
+    }
+
+    fn take_pending(&mut self) -> VecDeque<StoredMessage> {
+        self.pending_bytes = 0;
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Messages held here beyond what consumers took: pending, and promised to fresh inserts.
+    fn held(&self) -> (usize, usize) {
+        (
+            self.pending.len() + self.reserved,
+            self.pending_bytes + self.reserved_bytes,
+        )
+    }
+
+    /// Credit the plain (unselected) flow offers.
+    fn plain_credit(&self) -> usize {
+        self.consumers.iter().map(|c| c.plain_credit()).sum()
+    }
+}
+
+/// How much a queue may hold in memory beyond its consumers' credit: fresh messages inserted
+/// pre-claimed while the consumers are busy, handed to them as they ack. Past it, fresh
+/// messages go to the table unclaimed and the queue serves its backlog from there.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchBuffer {
+    pub messages: usize,
+    pub bytes: usize,
 }
 
 /// Why an ACK or NACK was refused.
@@ -179,8 +224,11 @@ pub struct QueueRuntime {
     pub id: i32,
     pub name: String,
     pub settings: QueueSettings,
+    buffer: DispatchBuffer,
     state: Mutex<QueueState>,
     wake: Notify,
+    /// Producers held back while the dispatch buffer is full (see [`QueueRuntime::is_full`]).
+    room: Notify,
 }
 
 /// How a settlement ended.
@@ -192,13 +240,82 @@ pub enum Settled {
 }
 
 impl QueueRuntime {
-    pub fn new(id: i32, name: String, settings: QueueSettings) -> Self {
+    pub fn new(id: i32, name: String, settings: QueueSettings, buffer: DispatchBuffer) -> Self {
         QueueRuntime {
             id,
             name,
             settings,
-            state: Mutex::new(QueueState::default()),
+            buffer,
+            state: Mutex::new(QueueState {
+                grouped_waiting: true,
+                ..QueueState::default()
+            }),
             wake: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    /// True while this queue's producers should be held back (producer flow control), because
+    /// its consumers or its dispatcher are behind:
+    /// - dispatching from memory, the dispatch buffer is full: more fresh messages would
+    ///   spill into the table, and every one of them would then cost a claim UPDATE;
+    /// - serving a backlog from the table, consumers wait with unused credit: the dispatcher's
+    ///   claims are the bottleneck, and new sends only lengthen the backlog they compete with.
+    ///
+    /// A queue without consumers never holds producers back: its messages wait in the table.
+    pub fn is_full(&self) -> bool {
+        let st = self.lock();
+        if st.closed || st.consumers.is_empty() || self.is_exclusive(&st) {
+            return false;
+        }
+        let credit = st.plain_credit();
+        if st.drained {
+            let (count, bytes) = st.held();
+            count >= credit + self.buffer.messages || bytes >= self.buffer.bytes
+        } else {
+            st.pending.len() < credit
+        }
+    }
+
+    /// Room again (see [`QueueRuntime::is_full`]): the buffer is below half, the consumers are
+    /// fed, or the queue is drained of its backlog.
+    pub fn has_room(&self) -> bool {
+        let st = self.lock();
+        self.has_room_locked(&st)
+    }
+
+    fn has_room_locked(&self, st: &QueueState) -> bool {
+        if st.closed || st.consumers.is_empty() || self.is_exclusive(st) {
+            return true;
+        }
+        let credit = st.plain_credit();
+        if st.drained {
+            let (count, bytes) = st.held();
+            count < credit + self.buffer.messages / 2 && bytes < self.buffer.bytes / 2
+        } else {
+            st.pending.len() >= credit
+        }
+    }
+
+    /// Wakes held producers if there is room (called after anything that frees some).
+    fn notify_room(&self, st: &QueueState) {
+        if self.has_room_locked(st) {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Waits until the buffer has room or `deadline` passes.
+    pub async fn wait_for_room(&self, deadline: tokio::time::Instant) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -252,12 +369,13 @@ impl QueueRuntime {
         // Groups owned by the consumer with settling messages keep their owner id until those
         // settle; assignments with no messages left are dropped.
         st.groups.retain(|_, (owner, n)| *owner != id || *n > 0);
-        let pending: Vec<i64> = st.pending.drain(..).map(|m| m.id.0).collect();
+        let pending: Vec<i64> = st.take_pending().into_iter().map(|m| m.id.0).collect();
         // A claim running now must not keep what it gets for consumers that may be gone.
         st.release_epoch += 1;
         if !returned.is_empty() || !pending.is_empty() {
             st.releasing += 1;
         }
+        self.notify_room(&st);
         (returned, pending)
     }
 
@@ -273,6 +391,7 @@ impl QueueRuntime {
         let mut st = self.lock();
         st.releasing = st.releasing.saturating_sub(1);
         st.drained = false;
+        st.grouped_waiting = true;
         st.backlog_epoch += 1;
         drop(st);
         self.wake();
@@ -311,6 +430,9 @@ impl QueueRuntime {
         for f in &covered {
             slot.settling.insert(f.id);
         }
+        drop(st);
+        // Settling messages free the consumer's credit (see `ConsumerSlot::credit`).
+        self.wake.notify_one();
         Ok(covered)
     }
 
@@ -368,7 +490,7 @@ impl QueueRuntime {
         if st.closed || st.releasing > 0 || st.consumers.is_empty() {
             return (0, epoch, exclusive);
         }
-        let pending: Vec<StoredMessage> = st.pending.drain(..).collect();
+        let pending = st.take_pending();
         let mut blocked_groups: HashSet<String> = HashSet::new();
         let mut exclusive_blocked = false;
         for m in pending {
@@ -377,7 +499,7 @@ impl QueueRuntime {
                     .as_ref()
                     .is_some_and(|g| blocked_groups.contains(g));
             if blocked {
-                st.pending.push_back(m);
+                st.push_pending(m);
                 continue;
             }
             if let Some(m) = self.place(&mut st, m) {
@@ -386,53 +508,75 @@ impl QueueRuntime {
                 } else if self.is_exclusive(&st) {
                     exclusive_blocked = true;
                 }
-                st.pending.push_back(m);
+                st.push_pending(m);
             }
         }
-        let credit: usize = if self.is_exclusive(&st) {
-            st.consumers.first().map(|c| c.credit()).unwrap_or(0)
+        self.notify_room(&st);
+        let exclusive = self.is_exclusive(&st);
+        let (credit, takers) = if exclusive {
+            (st.consumers.first().map(|c| c.credit()).unwrap_or(0), true)
         } else {
-            st.consumers.iter().map(|c| c.plain_credit()).sum()
+            let plain = st.consumers.iter().any(|c| c.spec.selector.is_none());
+            (st.plain_credit(), plain)
         };
-        if st.pending.len() >= claim_batch {
-            return (0, epoch, exclusive);
-        }
-        (
-            credit.saturating_sub(st.pending.len()).min(claim_batch),
-            epoch,
-            exclusive,
-        )
+        // Claim for the consumers' credit and, when some consumer takes plain messages, for
+        // the dispatch buffer too: bigger claims, and a small backlog is drained in one claim,
+        // after which fresh messages are dispatched from memory again.
+        let (held, held_bytes) = st.held();
+        let room = if takers && held_bytes < self.buffer.bytes {
+            (credit + self.buffer.messages).saturating_sub(held)
+        } else {
+            credit.saturating_sub(held)
+        };
+        (room.min(claim_batch), epoch, exclusive)
     }
 
-    /// Reserves credit for up to `n` fresh messages (not grouped, not delayed) that a batch is
-    /// about to insert: they are claimed in the insert and handed to consumers from memory.
-    /// Only when the queue has no backlog, nothing pending or being released, and is not
-    /// exclusive; whatever is not covered goes to the table, and then the queue has a backlog.
-    pub fn reserve_fresh(&self, n: usize) -> usize {
+    /// Reserves room for fresh messages (not grouped, not delayed) that a batch is about to
+    /// insert, given their body sizes in order: those granted (a prefix) are claimed in the
+    /// insert and handed to consumers from memory, within the consumers' credit plus the
+    /// dispatch buffer. Only when the queue has no backlog, nothing being released, and is not
+    /// exclusive; whatever is not granted goes to the table, and then the queue has a backlog.
+    pub fn reserve_fresh(&self, sizes: &[usize]) -> usize {
         let mut st = self.lock();
         let open = !st.closed
             && st.drained
             && st.releasing == 0
-            && st.pending.is_empty()
-            && !st.consumers.is_empty();
-        let take = if open && !self.is_exclusive(&st) {
-            let credit: usize = st.consumers.iter().map(|c| c.plain_credit()).sum();
-            n.min(credit.saturating_sub(st.reserved))
-        } else {
-            0
-        };
-        st.reserved += take;
-        if take < n {
+            && !st.consumers.is_empty()
+            && !self.is_exclusive(&st);
+        let (mut count, mut bytes) = st.held();
+        let credit = st.plain_credit();
+        let mut granted = 0;
+        let mut granted_bytes = 0;
+        if open {
+            for &size in sizes {
+                let for_credit = count < credit;
+                let for_buffer =
+                    count < credit + self.buffer.messages && bytes + size <= self.buffer.bytes;
+                if !(for_credit || for_buffer) {
+                    break;
+                }
+                count += 1;
+                bytes += size;
+                granted += 1;
+                granted_bytes += size;
+            }
+        }
+        st.reserved += granted;
+        st.reserved_bytes += granted_bytes;
+        if granted < sizes.len() {
             st.drained = false;
             st.backlog_epoch += 1;
+            self.notify_room(&st);
         }
-        take
+        granted
     }
 
-    /// Gives back credit reserved for fresh messages that were not inserted.
-    pub fn unreserve(&self, n: usize) {
+    /// Gives back room reserved for fresh messages that were not inserted.
+    pub fn unreserve(&self, n: usize, bytes: usize) {
         let mut st = self.lock();
         st.reserved = st.reserved.saturating_sub(n);
+        st.reserved_bytes = st.reserved_bytes.saturating_sub(bytes);
+        self.notify_room(&st);
     }
 
     /// Fresh messages committed pre-claimed: they join the pending list for placement. When no
@@ -441,6 +585,8 @@ impl QueueRuntime {
     pub fn accept_fresh(self: &Arc<Self>, messages: Vec<StoredMessage>) -> Vec<StoredMessage> {
         let mut st = self.lock();
         st.reserved = st.reserved.saturating_sub(messages.len());
+        let bytes: usize = messages.iter().map(|m| m.body.len()).sum();
+        st.reserved_bytes = st.reserved_bytes.saturating_sub(bytes);
         if st.consumers.is_empty() || st.closed {
             st.releasing += 1;
             st.release_epoch += 1;
@@ -449,9 +595,9 @@ impl QueueRuntime {
         // Place at once, behind anything already pending (which keeps its order).
         for m in messages {
             if !st.pending.is_empty() || st.releasing > 0 {
-                st.pending.push_back(m);
+                st.push_pending(m);
             } else if let Some(m) = self.place(&mut st, m) {
-                st.pending.push_back(m);
+                st.push_pending(m);
             }
         }
         drop(st);
@@ -465,6 +611,7 @@ impl QueueRuntime {
         let mut st = self.lock();
         if st.release_epoch == epoch && st.backlog_epoch == backlog_epoch && st.releasing == 0 {
             st.drained = true;
+            self.notify_room(&st);
         }
     }
 
@@ -473,7 +620,30 @@ impl QueueRuntime {
     pub fn mark_backlog(&self) {
         let mut st = self.lock();
         st.drained = false;
+        st.grouped_waiting = true;
         st.backlog_epoch += 1;
+        self.notify_room(&st);
+    }
+
+    /// Grouped messages were written to the table (they are never dispatched from memory).
+    pub fn mark_grouped(&self) {
+        let mut st = self.lock();
+        st.grouped_waiting = true;
+        st.backlog_epoch += 1;
+    }
+
+    /// A grouped claim found no more to take, and nothing was written since it began.
+    fn set_grouped_drained(&self, backlog_epoch: u64) {
+        let mut st = self.lock();
+        if st.backlog_epoch == backlog_epoch {
+            st.grouped_waiting = false;
+        }
+    }
+
+    /// Whether plain and grouped messages may be waiting in the table.
+    fn backlogs(&self) -> (bool, bool) {
+        let st = self.lock();
+        (!st.drained, st.grouped_waiting)
     }
 
     /// The backlog epoch a claim starts in (see [`QueueRuntime::set_drained`]).
@@ -605,13 +775,16 @@ impl QueueRuntime {
             st.release_epoch += 1;
             return messages;
         }
-        st.pending.extend(messages);
+        for m in messages {
+            st.push_pending(m);
+        }
         Vec::new()
     }
 
     /// Stops the dispatcher (the queue was deleted or the broker is shutting down).
     pub fn close(&self) {
         self.lock().closed = true;
+        self.room.notify_waiters();
         self.wake();
     }
 
@@ -695,16 +868,23 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
             }
             let backlog_epoch = queue.backlog_epoch();
             let may_group = leases.groups || leases.exclusive;
-            let kinds: &[bool] = match (may_group, grouped_first) {
-                (false, _) => &[false],
-                (true, true) => &[true, false],
-                (true, false) => &[false, true],
-            };
+            // Claim only what may be in the table: a queue dispatching fresh messages from
+            // memory has no plain backlog, and grouped messages are looked for when some
+            // were written (or a poll or wake-up says they may have been).
+            let (plain_backlog, grouped_backlog) = queue.backlogs();
+            let mut kinds: Vec<bool> = Vec::with_capacity(2);
+            if plain_backlog {
+                kinds.push(false);
+            }
+            if may_group && grouped_backlog {
+                kinds.insert(if grouped_first { 0 } else { kinds.len() }, true);
+            }
             grouped_first = !grouped_first;
             let mut claimed = Vec::new();
             let mut failed = None;
             let mut plain_drained = false;
-            for &grouped in kinds {
+            let mut grouped_drained = false;
+            for grouped in kinds {
                 let room = want - claimed.len();
                 if room == 0 {
                     break;
@@ -715,8 +895,12 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
                     .await
                 {
                     Ok(m) => {
-                        if !grouped && m.len() < room {
-                            plain_drained = true;
+                        if m.len() < room {
+                            if grouped {
+                                grouped_drained = true;
+                            } else {
+                                plain_drained = true;
+                            }
                         }
                         claimed.extend(m)
                     }
@@ -747,6 +931,9 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
             if plain_drained {
                 queue.set_drained(epoch, backlog_epoch);
             }
+            if grouped_drained {
+                queue.set_grouped_drained(backlog_epoch);
+            }
             if got < want {
                 // Drained: one more placement round, then wait for news.
                 queue.place_pending_and_credit(batch);
@@ -756,8 +943,27 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
         serve_selective_consumers(&engine, &queue).await;
         tokio::select! {
             _ = queue.wake.notified() => {}
-            // Other brokers may have written without a (throttled) NOTIFY reaching us.
-            _ = tokio::time::sleep(poll) => queue.mark_backlog(),
+            // Other brokers or SQL callers may have written without a (throttled) NOTIFY
+            // reaching us. Look before giving up dispatching from memory: marking a backlog
+            // blindly would send fresh messages through the table until consumers had credit
+            // for a claim to prove it drained again.
+            _ = tokio::time::sleep(poll) => {
+                queue.mark_grouped();
+                let (epoch, backlog_epoch) = (queue.release_epoch(), queue.backlog_epoch());
+                if queue.is_idle() {
+                    // Nobody to dispatch to: the next consumer's first claim finds out.
+                    queue.mark_backlog();
+                    continue;
+                }
+                match engine.store().has_ready(queue.id).await {
+                    Ok(false) => queue.set_drained(epoch, backlog_epoch),
+                    Ok(true) => queue.mark_backlog(),
+                    Err(e) => {
+                        tracing::warn!(queue = %queue.name, error = %e, "checking for waiting messages failed");
+                        queue.mark_backlog();
+                    }
+                }
+            }
         }
     }
 }

@@ -115,6 +115,17 @@ struct Session {
     out: mpsc::UnboundedSender<Out>,
     events_tx: mpsc::UnboundedSender<SessionEvent>,
     pending: FuturesOrdered<Pending>,
+    /// Producer flow control: the queue whose full dispatch buffer holds this connection's
+    /// reading back, and until when at most.
+    held: Option<(Arc<QueueRuntime>, tokio::time::Instant)>,
+}
+
+/// Resolves when the queue holding a producer back has room again (or its time is up).
+async fn room_or_deadline(held: &Option<(Arc<QueueRuntime>, tokio::time::Instant)>) {
+    match held {
+        Some((queue, deadline)) => queue.wait_for_room(*deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves one client connection until it ends.
@@ -218,7 +229,9 @@ where
         out: out_tx,
         events_tx,
         pending: FuturesOrdered::new(),
+        held: None,
     };
+    let max_unconfirmed = engine.config().max_unconfirmed_frames.max(1);
     let read_timeout = want_beat.map(|d| d.mul_f64(engine.config().heartbeat_grace.max(1.0)));
     let kick = kick.unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
 
@@ -231,7 +244,11 @@ where
             Some(note) = acked_rx.recv() => s.auto_ack(note),
             Some(event) = events_rx.recv() => s.deliver(event),
             _ = kick.notified() => break End::error("another connection took over this client-id", None),
-            frame = read_with_timeout(&mut reader, read_timeout) => match frame {
+            _ = room_or_deadline(&s.held), if s.held.is_some() => s.held = None,
+            // Back-pressure: a connection with too many writes unfinished, or held back by a
+            // full queue, is not read (TCP then slows the client down).
+            frame = read_with_timeout(&mut reader, read_timeout),
+                if s.held.is_none() && s.pending.len() < max_unconfirmed => match frame {
                 Ok(Some(frame)) => if let Some(end) = s.handle(frame).await { break end; },
                 Ok(None) => break End::Quiet,
                 Err(message) => break End::Error { message, detail: String::new(), receipt: None },
@@ -582,6 +599,11 @@ impl Session {
             Then::Send,
             receipt,
         );
+        let hold_ms = self.engine.config().producer_flow_control_ms;
+        if hold_ms > 0 && queue.is_full() {
+            let until = tokio::time::Instant::now() + Duration::from_millis(hold_ms);
+            self.held = Some((queue, until));
+        }
         None
     }
 

@@ -48,9 +48,10 @@ pub struct Writers {
 /// Hooks the writer calls around a batch (to dispatch fresh messages from memory, wake
 /// dispatchers, count metrics...).
 pub trait CommitObserver: Send + Sync + 'static {
-    /// Reserves local consumer credit for up to `n` fresh messages of a queue that this batch
-    /// inserts; returns how many may be claimed in the insert itself.
-    fn reserve(&self, queue_id: i32, n: usize) -> usize;
+    /// Reserves room on local consumers (or their queue's dispatch buffer) for fresh messages
+    /// of a queue that this batch inserts, given their body sizes in order; returns how many
+    /// (a prefix) may be claimed in the insert itself.
+    fn reserve(&self, queue_id: i32, sizes: &[usize]) -> usize;
     /// The batch committed; `outcomes[i]` belongs to `units[i]`.
     fn committed(&self, units: &[Unit], outcomes: &[UnitOutcome], elapsed: Duration);
     /// These units did not commit (or their outcome is unknown).
@@ -199,7 +200,11 @@ fn pre_claim(batch: &mut [Request], observer: &dyn CommitObserver) {
         }
     }
     for (queue_id, rows) in per_queue {
-        let granted = observer.reserve(queue_id, rows.len());
+        let sizes: Vec<usize> = rows
+            .iter()
+            .map(|&(ri, ii)| batch[ri].unit.inserts[ii].message.body.len())
+            .collect();
+        let granted = observer.reserve(queue_id, &sizes);
         for &(ri, ii) in rows.iter().take(granted) {
             batch[ri].unit.inserts[ii].pre_claimed = true;
         }

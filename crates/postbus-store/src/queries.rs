@@ -125,6 +125,13 @@ pub const CLAIM: &str = "UPDATE postbus.messages m SET owner = $1 \
            FOR UPDATE SKIP LOCKED)) \
      RETURNING ";
 
+/// Whether queue `$1` has a plain message waiting in the table (the dispatcher's check before
+/// it lets fresh messages skip the table). Rows another claim is taking right now still count:
+/// the answer errs towards "yes".
+pub const HAS_READY: &str = "SELECT EXISTS (SELECT 1 FROM postbus.messages c \
+     WHERE c.queue_id = $1 AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NULL \
+       AND (c.expires_at = 0 OR c.expires_at > $2))";
+
 /// Claims up to `$3` grouped messages of queue `$2` in sequence (id) order, for the node that
 /// holds the queue's 'groups' lease (so no other node claims grouped messages of this queue).
 /// A group with a message waiting for (re)delivery is skipped whole, so nothing overtakes it.
@@ -195,26 +202,32 @@ pub const REGISTER_NODE: &str = "INSERT INTO postbus.nodes (name, hostname, pid,
 /// A live node renews its lease; no row means it was declared dead and must stop acting.
 pub const HEARTBEAT: &str = "UPDATE postbus.nodes SET heartbeat_at = now() WHERE id = $1";
 
-/// Declares dead the nodes whose lease ran out, and earlier incarnations of this node's name.
-pub const DELETE_DEAD_NODES: &str = "DELETE FROM postbus.nodes \
-     WHERE id <> $1 AND (heartbeat_at < now() - make_interval(secs => lease_ms / 1000.0) OR name = $2) \
-     RETURNING id";
-
-/// The nodes holding messages in flight (an index-only scan of the in-flight index).
-pub const IN_FLIGHT_OWNERS: &str =
-    "SELECT DISTINCT owner FROM postbus.messages WHERE owner IS NOT NULL";
-
-pub const LIVE_NODES: &str = "SELECT id FROM postbus.nodes";
-
-/// Returns the in-flight messages of gone nodes for redelivery.
-pub const RELEASE_OWNERS: &str = "WITH released AS ( \
+/// Declares dead the nodes whose lease ran out (and earlier incarnations of this node's name)
+/// and returns their in-flight messages for redelivery, in one statement: a reaper that dies
+/// half way leaves neither a dead node's row nor its messages held. Returns the queues that got
+/// messages back.
+pub const REAP_DEAD_NODES: &str = "WITH gone AS ( \
+        DELETE FROM postbus.nodes \
+        WHERE id <> $1 AND (heartbeat_at < now() - make_interval(secs => lease_ms / 1000.0) OR name = $2) \
+        RETURNING id), \
+     released AS ( \
         UPDATE postbus.messages SET owner = NULL, delivery_count = delivery_count + 1 \
-        WHERE owner = ANY($1::bigint[]) RETURNING queue_id) \
+        WHERE owner = ANY(ARRAY(SELECT id FROM gone)) RETURNING queue_id) \
+     SELECT DISTINCT queue_id FROM released";
+
+/// Returns messages held by nodes that no longer exist: a node declared dead while paused may
+/// still claim before it learns it is fenced. One statement, so the node list and the messages
+/// are read from the same snapshot (a node registers before it claims). Scans the in-flight
+/// index, so it runs rarely, not with every heartbeat.
+pub const RELEASE_ORPHANS: &str = "WITH released AS ( \
+        UPDATE postbus.messages m SET owner = NULL, delivery_count = m.delivery_count + 1 \
+        WHERE m.owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = m.owner) \
+        RETURNING m.queue_id) \
      SELECT DISTINCT queue_id FROM released";
 
 pub const DEREGISTER_NODE: &str = "WITH gone AS (DELETE FROM postbus.nodes WHERE id = $1 RETURNING id) \
      UPDATE postbus.messages SET owner = NULL, delivery_count = delivery_count + 1 \
-     WHERE owner IN (SELECT id FROM gone)";
+     WHERE owner = ANY(ARRAY(SELECT id FROM gone))";
 
 pub const DESTINATION_COLUMNS: &str = "id, kind, name, max_deliveries, redelivery_delay_ms, redelivery_backoff, \
      redelivery_max_delay_ms, dead_letter_queue, expiry_queue, dedup_window_ms, exclusive, auto_created";

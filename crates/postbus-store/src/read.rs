@@ -50,6 +50,14 @@ impl Store {
     /// Claims up to `limit` deliverable messages of a queue for `node`: outside groups best
     /// priority first then FIFO, or (`grouped`) grouped messages in sequence order. Returned in
     /// that order.
+    /// Whether a queue has plain messages waiting in the table, unclaimed.
+    pub async fn has_ready(&self, queue_id: i32) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(queries::HAS_READY).await?;
+        let now = postbus_model::now_ms();
+        Ok(client.query_one(&stmt, &[&queue_id, &now]).await?.get(0))
+    }
+
     pub async fn claim(
         &self,
         node: NodeId,
@@ -212,43 +220,30 @@ impl Store {
         Ok(client.execute(queries::HEARTBEAT, &[&node.0]).await? == 1)
     }
 
-    /// Declares dead the nodes whose lease lapsed (and earlier incarnations named `name`),
-    /// returning their in-flight messages for redelivery. Returns the queues that got messages back.
+    /// Declares dead the nodes whose lease ran out (and earlier incarnations of `name`) and
+    /// takes back their in-flight messages. Returns the queues that got messages back.
     pub async fn reap_nodes(&self, me: NodeId, name: &str) -> Result<Vec<i32>, StoreError> {
         let client = self.client().await?;
-        let dead: Vec<i64> = client
-            .query(queries::DELETE_DEAD_NODES, &[&me.0, &name])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        // Owners first, then live nodes: a node that claimed anything seen here registered
-        // before the claim, so it is in the list read after.
-        let owners: Vec<i64> = client
-            .query(queries::IN_FLIGHT_OWNERS, &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if owners.is_empty() {
-            return Ok(vec![]);
+        let rows = client
+            .query(queries::REAP_DEAD_NODES, &[&me.0, &name])
+            .await?;
+        let queues: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        if !queues.is_empty() {
+            tracing::warn!(queues = ?queues, "took back the in-flight messages of broker nodes that are gone");
         }
-        let live: std::collections::HashSet<i64> = client
-            .query(queries::LIVE_NODES, &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let gone: Vec<i64> = owners
-            .into_iter()
-            .filter(|o| dead.contains(o) || !live.contains(o))
-            .collect();
-        if gone.is_empty() {
-            return Ok(vec![]);
+        Ok(queues)
+    }
+
+    /// Takes back messages held by nodes that no longer exist (see
+    /// [`queries::RELEASE_ORPHANS`]). Returns the queues that got messages back.
+    pub async fn release_orphans(&self) -> Result<Vec<i32>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(queries::RELEASE_ORPHANS, &[]).await?;
+        let queues: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        if !queues.is_empty() {
+            tracing::warn!(queues = ?queues, "took back messages held by broker nodes that no longer exist");
         }
-        tracing::warn!(nodes = ?gone, "taking back the in-flight messages of broker nodes that are gone");
-        let rows = client.query(queries::RELEASE_OWNERS, &[&gone]).await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(queues)
     }
 
     /// A clean shutdown: the node's in-flight messages go back at once.

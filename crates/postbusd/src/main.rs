@@ -108,10 +108,18 @@ fn start_dev_cluster(dir: &std::path::Path) -> anyhow::Result<postbus_pgctl::Clu
     let pg_dir = dir.join("pg");
     tracing::info!(dir = %pg_dir.display(), "no database configured: starting a private PostgreSQL (development mode)");
     // A queue writes WAL for every message: space checkpoints out so they do not dominate.
+    // The default 128 MB of shared buffers is smaller than a modest backlog: backends then
+    // write dirty pages out themselves in the middle of claims (seen in EXPLAIN ANALYZE).
+    // pg_stat_statements is there for `postbus` diagnostics and the benchmarks.
     let opts = postbus_pgctl::ClusterOptions {
         extra_conf: vec![
             ("max_wal_size".into(), "4GB".into()),
             ("checkpoint_timeout".into(), "15min".into()),
+            ("shared_buffers".into(), "1GB".into()),
+            (
+                "shared_preload_libraries".into(),
+                "pg_stat_statements".into(),
+            ),
         ],
         ..Default::default()
     };
