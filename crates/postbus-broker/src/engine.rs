@@ -271,17 +271,20 @@ impl Engine {
     }
 
     /// Hands a unit to the group-commit writer of connection `conn`.
+    /// Submits a unit for the next group commit; `confirmed`: the client asked for a receipt
+    /// (see `Writers::submit` for what that changes).
     pub fn submit(
         &self,
         conn: u64,
         unit: Unit,
+        confirmed: bool,
     ) -> oneshot::Receiver<Result<UnitOutcome, WriteError>> {
-        self.0.writers.submit(conn, unit)
+        self.0.writers.submit(conn, unit, confirmed)
     }
 
-    /// Submits a unit and waits for its outcome.
+    /// Submits a unit (committed durably) and waits for its outcome.
     pub async fn write(&self, conn: u64, unit: Unit) -> Result<UnitOutcome, WriteError> {
-        self.submit(conn, unit)
+        self.submit(conn, unit, true)
             .await
             .unwrap_or_else(|_| Err(WriteError::Failed("the broker is shutting down".into())))
     }

@@ -454,7 +454,7 @@ impl Session {
 
     /// Queues a write; its completion is handled in frame order.
     fn wait_for(&mut self, unit: Unit, then: Then, receipt: Option<String>) {
-        let rx = self.engine.submit(self.conn, unit);
+        let rx = self.engine.submit(self.conn, unit, receipt.is_some());
         self.pending.push_back(Box::pin(async move {
             let result = rx
                 .await

@@ -81,14 +81,21 @@ impl Writers {
     }
 
     /// Submits a unit of connection `conn`; the answer comes once it committed.
+    ///
+    /// `confirmed`: the client asked for a receipt. Acks outside a transaction are then
+    /// committed durably; without a receipt they commit without waiting for the WAL flush (an
+    /// ack lost to a PostgreSQL crash means a redelivery, which at-least-once allows, and the
+    /// client was promised nothing). Persistent sends, transactions and releases are always
+    /// durable.
     pub fn submit(
         &self,
         conn: u64,
         unit: Unit,
+        confirmed: bool,
     ) -> oneshot::Receiver<Result<UnitOutcome, WriteError>> {
         let (reply, rx) = oneshot::channel();
         let durable = unit.inserts.iter().any(|r| r.message.persistent)
-            || !unit.acks.is_empty()
+            || (!unit.acks.is_empty() && confirmed)
             || !unit.releases.is_empty()
             || unit.client_tx.is_some();
         let bytes = unit
