@@ -644,6 +644,40 @@ class StompPyInterop(InteropCase):
         err = bad.rec.errors[0]
         self.assertIn("column 10", err.headers.get("message", ""), describe(err))
 
+    def test_11_topic_durable_subscriber_and_wildcard(self):
+        topic = f"py.topic.t{uuid.uuid4().hex[:10]}"
+        cid = unique("durable")
+
+        def durable_client(name):
+            c = Client(f"test_11/{name}").connect(**{"client-id": cid})
+            self._clients.append(c)
+            return c
+
+        d = durable_client("away")
+        d.subscribe(f"/topic/{topic}", "d", "client-individual",
+                    **{"durable-subscription-name": "books"})
+        d.disconnect()
+        w = self.client("wildcard")
+        w.subscribe(f"/topic/{topic.rsplit('.', 1)[0]}.*", "w", "auto")
+        p = self.client("publisher")
+        first = p.send(f"/topic/{topic}", "m0")
+        for i in range(1, 20):
+            p.send(f"/topic/{topic}", f"m{i}")
+        d = durable_client("back")
+        d.subscribe(f"/topic/{topic}", "d", "client-individual",
+                    **{"durable-subscription-name": "books"})
+        got = []
+        for i in range(20):
+            m = d.next_message(f"durable message {i}")
+            got.append(m.body)
+            if i == 0:
+                self.assert_header(m, "message-id", first.headers["message-id"])
+                self.assert_header(m, "destination", f"/topic/{topic}")
+            d.ack(m)
+        self.assertEqual(got, [f"m{i}" for i in range(20)])
+        seen = [w.next_message(f"wildcard message {i}").body for i in range(20)]
+        self.assertEqual(seen, [f"m{i}" for i in range(20)])
+
 
 def main():
     global ADDR

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use postbus_model::{Destination, DestinationKind, QueueSettings, StoredMessage};
-use postbus_store::{InsertOutcome, NodeId, ReleaseRow, Store, StoreError, Unit, UnitOutcome};
+use postbus_store::{
+    DestinationRow, InsertOutcome, NodeId, ReleaseRow, Store, StoreError, SubscriptionSpec, Unit,
+    UnitOutcome,
+};
 use tokio::sync::oneshot;
 
 use crate::config::BrokerConfig;
@@ -24,6 +27,12 @@ pub enum EngineError {
     NoSuchQueue(String),
     #[error("{0}")]
     BadDestination(#[from] postbus_model::DestinationError),
+    #[error(
+        "topic {0} does not exist and auto-creation is off: create it with `postbus queue create --topic {0}`"
+    )]
+    NoSuchTopic(String),
+    #[error("{0}")]
+    Subscription(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -35,6 +44,9 @@ struct Inner {
     node_name: String,
     writers: Writers,
     queues: Mutex<Queues>,
+    /// Topic destination rows by name (their ids scope dedup ids; their settings are their
+    /// subscriptions').
+    topics: Mutex<HashMap<String, DestinationRow>>,
     next_id: AtomicU64,
     clients: Mutex<Clients>,
 }
@@ -207,6 +219,8 @@ fn fresh_message(
         dlq_reason: None,
         original_destination: None,
         last_error: None,
+        publish_id: None,
+        topic: None,
     }
 }
 
@@ -223,6 +237,7 @@ impl Engine {
             .await?;
         let mut recovered = store.reap_nodes(node, &node_name).await?;
         recovered.extend(store.release_orphans().await?);
+        store.remove_gone_node_subscriptions().await?;
         tracing::info!(node = node.0, name = %node_name, recovered_queues = recovered.len(), "broker node registered");
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let limits = WriterLimits {
@@ -244,6 +259,7 @@ impl Engine {
                 node_name,
                 writers,
                 queues: Mutex::new(Queues::default()),
+                topics: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 clients: Mutex::new(Clients::default()),
             }
@@ -331,6 +347,114 @@ impl Engine {
             .clone();
         queues.by_id.insert(q.id, q.clone());
         Ok(q)
+    }
+
+    /// A topic's destination row, created on first use (when auto-creation is on).
+    pub async fn topic(&self, name: &str) -> Result<DestinationRow, EngineError> {
+        if let Some(t) = self.lock_topics().get(name) {
+            return Ok(t.clone());
+        }
+        postbus_model::destination::validate_name(name)?;
+        let row = match self
+            .0
+            .store
+            .find_destination(DestinationKind::Topic, name)
+            .await?
+        {
+            Some(row) => row,
+            None if self.0.config.auto_create_queues => {
+                let (row, created) = self
+                    .0
+                    .store
+                    .create_destination(
+                        DestinationKind::Topic,
+                        name,
+                        &QueueSettings::default(),
+                        true,
+                    )
+                    .await?;
+                if created {
+                    tracing::info!(topic = name, "topic auto-created");
+                }
+                row
+            }
+            None => return Err(EngineError::NoSuchTopic(name.to_owned())),
+        };
+        self.lock_topics().insert(name.to_owned(), row.clone());
+        Ok(row)
+    }
+
+    fn lock_topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, DestinationRow>> {
+        self.0.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a subscription (creating it, or joining a durable or shared one that exists) and
+    /// returns its runtime. A durable, unshared subscription asked for with another topic or
+    /// selector is replaced (its messages go, as JMS specifies); a shared one is an error.
+    pub async fn subscription(
+        &self,
+        mut spec: SubscriptionSpec,
+    ) -> Result<Arc<QueueRuntime>, EngineError> {
+        if !postbus_model::destination::is_pattern(&spec.topic_pattern) {
+            // Copies take the topic's settings (redelivery, dead-letter queue, expiry queue).
+            let topic = self.topic(&spec.topic_pattern).await?;
+            spec.settings = topic.settings.clone();
+        }
+        if spec.settings.dead_letter_queue.is_none() {
+            let base = if postbus_model::destination::is_pattern(&spec.topic_pattern) {
+                "topics".to_owned()
+            } else {
+                spec.topic_pattern.clone()
+            };
+            spec.settings.dead_letter_queue = Some(format!("DLQ.{base}"));
+        }
+        let (mut row, created) = self.0.store.ensure_subscription(&spec).await?;
+        let same = row.topic_pattern == spec.topic_pattern && row.selector == spec.selector;
+        if !created && !same {
+            if spec.shared {
+                return Err(EngineError::Subscription(format!(
+                    "shared subscription {:?} exists for topic {} with selector {:?}: subscribe with the same topic and selector, or remove it first",
+                    spec.subscription_name.as_deref().unwrap_or(""),
+                    row.topic_pattern,
+                    row.selector.as_deref().unwrap_or("")
+                )));
+            }
+            tracing::info!(subscription = %spec.name, "durable subscription changed its topic or selector: replacing it");
+            self.forget_runtime(row.destination.id);
+            self.0.store.delete_subscription(row.destination.id).await?;
+            row = self.0.store.ensure_subscription(&spec).await?.0;
+        }
+        let d = row.destination;
+        let mut queues = self.lock_queues();
+        let q = queues
+            .by_id
+            .entry(d.id)
+            .or_insert_with(|| {
+                Arc::new(QueueRuntime::new(
+                    d.id,
+                    d.name.clone(),
+                    d.settings.clone(),
+                    self.0.config.dispatch_buffer(),
+                ))
+            })
+            .clone();
+        Ok(q)
+    }
+
+    /// Removes a subscription for good (a non-durable one whose last consumer left, or a
+    /// durable one unsubscribed by name), with the copies it holds.
+    pub async fn drop_subscription(&self, id: i32) -> Result<bool, EngineError> {
+        self.forget_runtime(id);
+        Ok(self.0.store.delete_subscription(id).await?)
+    }
+
+    /// Stops a subscription's dispatcher and forgets its runtime.
+    fn forget_runtime(&self, id: i32) {
+        let mut queues = self.lock_queues();
+        if let Some(q) = queues.by_id.remove(&id) {
+            q.close();
+        }
+        queues.dispatching.remove(&id);
     }
 
     /// Makes sure the queue's dispatcher runs (it is started with the first consumer).
@@ -555,6 +679,17 @@ impl Engine {
                 }
             },
         ));
+        // Shared topic bodies no copy points at any more.
+        tokio::spawn(periodic(
+            weak.clone(),
+            Duration::from_secs(10),
+            |engine| async move {
+                let before = postbus_model::now_ms() - 10_000;
+                if let Err(e) = engine.0.store.sweep_payloads(before).await {
+                    tracing::warn!(error = %e, "payload sweep failed");
+                }
+            },
+        ));
         // Once a minute: old dedup and transaction records, and messages held by nodes that
         // no longer exist (rare, and it scans the in-flight index, so not with every heartbeat).
         tokio::spawn(periodic(
@@ -600,6 +735,14 @@ impl Engine {
             {
                 Ok(queues) => engine.wake_queues(&queues),
                 Err(e) => tracing::warn!(error = %e, "reaping dead nodes failed"),
+            }
+            match engine.0.store.remove_gone_node_subscriptions().await {
+                Ok(ids) => {
+                    for id in ids {
+                        engine.forget_runtime(id);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "removing subscriptions of gone nodes failed"),
             }
         }));
     }

@@ -379,6 +379,19 @@ impl QueueRuntime {
         (returned, pending)
     }
 
+    /// Consumers attached here now.
+    pub fn consumer_count(&self) -> usize {
+        self.lock().consumers.len()
+    }
+
+    /// [`QueueRuntime::release_done`] for a release that `remove_consumer` counted (it counts
+    /// one when it returned anything).
+    pub fn release_done_if(&self, counted: bool) {
+        if counted {
+            self.release_done();
+        }
+    }
+
     /// A NACK or rollback is about to release messages: pause claims until it commits.
     pub fn begin_release(&self) {
         let mut st = self.lock();

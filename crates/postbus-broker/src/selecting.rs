@@ -67,7 +67,7 @@ impl MessageView for View<'_> {
                 .into(),
             )),
             HeaderField::JMSPriority => Some(Value::Int(m.priority as i32)),
-            HeaderField::JMSMessageID => Some(Value::String(m.id.to_string())),
+            HeaderField::JMSMessageID => Some(Value::String(m.message_id().to_string())),
             HeaderField::JMSTimestamp => Some(Value::Long(m.sent_at)),
             HeaderField::JMSCorrelationID => m.correlation_id.clone().map(Value::String),
             HeaderField::JMSType => m.jms_type.clone().map(Value::String),

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
-use postbus_model::{DestinationKind, StoredMessage};
+use postbus_model::{DestinationKind, QueueSettings, StoredMessage};
 use postbus_stomp::{Command, Frame, Item, StompCodec, Version, negotiate_version};
-use postbus_store::{InsertOutcome, InsertRow, ReleaseRow, Unit, UnitOutcome};
+use postbus_store::{InsertOutcome, InsertRow, ReleaseRow, SubscriptionSpec, Unit, UnitOutcome};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -71,6 +71,9 @@ struct Subscription {
     queue: Arc<QueueRuntime>,
     consumer: ConsumerId,
     ack: AckMode,
+    /// A non-durable topic subscription: removed with its copies when its last consumer here
+    /// goes.
+    temporary: bool,
 }
 
 /// A transacted session's pending work.
@@ -551,24 +554,44 @@ impl Session {
             Ok(req) => req,
             Err(e) => return Some(End::error(e, receipt.as_deref())),
         };
-        if req.destination.kind != DestinationKind::Queue {
-            return Some(End::error(
-                format!(
-                    "{} destinations are not supported by this broker version: send to /queue/NAME",
-                    req.destination.kind.as_str()
-                ),
-                receipt.as_deref(),
-            ));
-        }
-        let queue = match self.engine.resolve_send_target(&req.destination).await {
-            Ok(q) => q,
-            Err(e) => return Some(End::error(e.to_string(), receipt.as_deref())),
-        };
-        let row = InsertRow {
-            queue_id: queue.id,
-            dedup_window_ms: queue.settings.dedup_window_ms,
-            message: req.message,
-            pre_claimed: false,
+        let (row, queue) = match req.destination.kind {
+            DestinationKind::Queue => {
+                let queue = match self.engine.resolve_send_target(&req.destination).await {
+                    Ok(q) => q,
+                    Err(e) => return Some(End::error(e.to_string(), receipt.as_deref())),
+                };
+                let row = InsertRow {
+                    queue_id: queue.id,
+                    dedup_window_ms: queue.settings.dedup_window_ms,
+                    message: req.message,
+                    pre_claimed: false,
+                    topic: None,
+                };
+                (row, Some(queue))
+            }
+            DestinationKind::Topic => {
+                let topic = match self.engine.topic(&req.destination.name).await {
+                    Ok(t) => t,
+                    Err(e) => return Some(End::error(e.to_string(), receipt.as_deref())),
+                };
+                let row = InsertRow {
+                    queue_id: topic.id,
+                    dedup_window_ms: topic.settings.dedup_window_ms,
+                    message: req.message,
+                    pre_claimed: false,
+                    topic: Some(topic.name),
+                };
+                (row, None)
+            }
+            other => {
+                return Some(End::error(
+                    format!(
+                        "{} destinations are not supported by this broker version: send to /queue/NAME or /topic/NAME",
+                        other.as_str()
+                    ),
+                    receipt.as_deref(),
+                ));
+            }
         };
         if let Some(tx_id) = req.transaction {
             let limit = self.engine.config().max_transaction_operations;
@@ -600,7 +623,10 @@ impl Session {
             receipt,
         );
         let hold_ms = self.engine.config().producer_flow_control_ms;
-        if hold_ms > 0 && queue.is_full() {
+        if let Some(queue) = queue
+            && hold_ms > 0
+            && queue.is_full()
+        {
             let until = tokio::time::Instant::now() + Duration::from_millis(hold_ms);
             self.held = Some((queue, until));
         }
@@ -645,14 +671,17 @@ impl Session {
                 ));
             }
         };
-        let destination = match postbus_model::Destination::parse_stomp(dest) {
+        let destination = match postbus_model::Destination::parse_stomp_pattern(dest) {
             Ok(d) => d,
             Err(e) => return Some(End::error(e.to_string(), r)),
         };
-        if destination.kind != DestinationKind::Queue {
+        if !matches!(
+            destination.kind,
+            DestinationKind::Queue | DestinationKind::Topic
+        ) {
             return Some(End::error(
                 format!(
-                    "{} subscriptions are not supported by this broker version: subscribe to /queue/NAME",
+                    "{} subscriptions are not supported by this broker version: subscribe to /queue/NAME or /topic/NAME",
                     destination.kind.as_str()
                 ),
                 r,
@@ -702,13 +731,33 @@ impl Session {
                 }
             }
         };
-        let queue = match self
-            .engine
-            .queue(&destination.name, self.engine.config().auto_create_queues)
-            .await
-        {
-            Ok(q) => q,
-            Err(e) => return Some(End::error(e.to_string(), r)),
+        let topic = destination.kind == DestinationKind::Topic;
+        let (queue, selector, temporary) = if topic {
+            if exclusive {
+                return Some(End::error(
+                    "exclusive applies to queue consumers: drop it from a topic subscription",
+                    r,
+                ));
+            }
+            // The subscription's selector decides which copies it gets, at publish time.
+            let spec = match self.subscription_spec(frame, &destination.name, &id, selector) {
+                Ok(spec) => spec,
+                Err(e) => return Some(End::error(e, r)),
+            };
+            let temporary = !spec.durable;
+            match self.engine.subscription(spec).await {
+                Ok(q) => (q, None, temporary),
+                Err(e) => return Some(End::error(e.to_string(), r)),
+            }
+        } else {
+            match self
+                .engine
+                .queue(&destination.name, self.engine.config().auto_create_queues)
+                .await
+            {
+                Ok(q) => (q, selector, false),
+                Err(e) => return Some(End::error(e.to_string(), r)),
+            }
         };
         let consumer = self.engine.next_id();
         queue.add_consumer(ConsumerSpec {
@@ -726,31 +775,159 @@ impl Session {
                 queue,
                 consumer,
                 ack,
+                temporary,
             },
         );
         self.answer(r);
         None
     }
 
+    /// What a topic SUBSCRIBE asks for: durable (`durable-subscription-name`, alias
+    /// `activemq.subscriptionName`, scoped by the connection's client-id), shared (`shared:true`
+    /// with `subscription-name`, or the durable name), or neither: a subscription that lives
+    /// with this subscription id on this connection.
+    fn subscription_spec(
+        &self,
+        frame: &Frame,
+        topic: &str,
+        id: &str,
+        selector: Option<Arc<ConsumerSelector>>,
+    ) -> Result<SubscriptionSpec, String> {
+        let durable_name = frame
+            .header("durable-subscription-name")
+            .or_else(|| frame.header("activemq.subscriptionName"))
+            .filter(|n| !n.is_empty());
+        let shared = frame.header("shared") == Some("true");
+        let shared_name = frame
+            .header("subscription-name")
+            .filter(|n| !n.is_empty())
+            .or(durable_name);
+        let client = self.client_id.as_deref();
+        let (name, subscription_name, durable) = match (durable_name, shared) {
+            (Some(n), false) => {
+                let Some(c) = client else {
+                    return Err(format!(
+                        "durable subscription {n:?} needs a client-id: send client-id on CONNECT (durable subscriptions are scoped by it)"
+                    ));
+                };
+                (format!("durable:{c}:{n}"), n, true)
+            }
+            (Some(n), true) => (
+                format!("shared-durable:{}:{n}", client.unwrap_or("")),
+                n,
+                true,
+            ),
+            (None, true) => {
+                let Some(n) = shared_name else {
+                    return Err(
+                        "a shared subscription needs a name: add a subscription-name header".into(),
+                    );
+                };
+                (format!("shared:{}:{n}", client.unwrap_or("")), n, false)
+            }
+            (None, false) => (
+                format!("nondurable:{}:{}:{id}", self.engine.node().0, self.conn),
+                id,
+                false,
+            ),
+        };
+        Ok(SubscriptionSpec {
+            name,
+            topic_pattern: topic.to_owned(),
+            selector: selector.map(|s| s.text.clone()),
+            durable,
+            shared,
+            client_id: client.map(str::to_owned),
+            subscription_name: Some(subscription_name.to_owned()),
+            node_id: (!durable).then(|| self.engine.node()),
+            settings: QueueSettings::default(),
+        })
+    }
+
     fn on_unsubscribe(&mut self, frame: &Frame) -> Option<End> {
         let r = frame.header("receipt");
+        // With a durable subscription's name, UNSUBSCRIBE removes that subscription for good
+        // (ActiveMQ's convention); without, it only detaches this consumer.
+        let durable = frame
+            .header("durable-subscription-name")
+            .or_else(|| frame.header("activemq.subscriptionName"))
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
         let id = frame.header("id").or_else(|| frame.header("destination"));
-        let Some(sub) = id.and_then(|id| self.subs.remove(id)) else {
-            return Some(End::error(
-                format!(
-                    "UNSUBSCRIBE: no subscription with id {:?} on this connection",
-                    id.unwrap_or("")
-                ),
-                r,
-            ));
-        };
-        self.remove_consumer(sub, r.map(str::to_owned));
+        match (id.and_then(|id| self.subs.remove(id)), &durable) {
+            (Some(sub), None) => self.remove_consumer(sub, r.map(str::to_owned)),
+            (Some(sub), Some(_)) => self.remove_consumer(sub, None),
+            (None, Some(_)) => {}
+            (None, None) => {
+                return Some(End::error(
+                    format!(
+                        "UNSUBSCRIBE: no subscription with id {:?} on this connection",
+                        id.unwrap_or("")
+                    ),
+                    r,
+                ));
+            }
+        }
+        if let Some(name) = durable {
+            let Some(client) = self.client_id.clone() else {
+                return Some(End::error(
+                    format!(
+                        "removing durable subscription {name:?} needs the client-id it was made with: send client-id on CONNECT"
+                    ),
+                    r,
+                ));
+            };
+            let engine = self.engine.clone();
+            let receipt = r.map(str::to_owned);
+            self.pending.push_back(Box::pin(async move {
+                let mut result = Ok(ok_unit());
+                for full in [
+                    format!("durable:{client}:{name}"),
+                    format!("shared-durable:{client}:{name}"),
+                ] {
+                    match engine.store().find_subscription(&full).await {
+                        Ok(Some(row)) => {
+                            if let Err(e) = engine.drop_subscription(row.destination.id).await {
+                                result = Err(WriteError::Failed(e.to_string()));
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => result = Err(WriteError::Failed(e.to_string())),
+                    }
+                }
+                Completion {
+                    result,
+                    then: Then::Nothing,
+                    receipt,
+                }
+            }));
+        }
         None
     }
 
     /// Removes a consumer from its queue and gives back what was in flight to it.
     fn remove_consumer(&mut self, sub: Subscription, receipt: Option<String>) {
         let (returned, pending) = sub.queue.remove_consumer(sub.consumer);
+        if sub.temporary && sub.queue.consumer_count() == 0 {
+            // A non-durable subscription goes with its last consumer, copies and all.
+            let (engine, id) = (self.engine.clone(), sub.queue.id);
+            self.delivered
+                .retain(|id, _| !returned.iter().any(|f| f.id == *id));
+            self.pending.push_back(Box::pin(async move {
+                let result = match engine.drop_subscription(id).await {
+                    Ok(_) => Ok(ok_unit()),
+                    Err(e) => Err(WriteError::Failed(e.to_string())),
+                };
+                sub.queue
+                    .release_done_if(!returned.is_empty() || !pending.is_empty());
+                Completion {
+                    result,
+                    then: Then::Nothing,
+                    receipt,
+                }
+            }));
+            return;
+        }
         self.delivered
             .retain(|id, _| !returned.iter().any(|f| f.id == *id));
         if returned.is_empty() && pending.is_empty() {
@@ -1153,7 +1330,12 @@ impl Session {
         if sub.consumer != d.consumer {
             return;
         }
-        let frame = message_frame(&d.message, &d.queue.name, &d.subscription);
+        let frame = message_frame(
+            &d.message,
+            &d.queue.name,
+            &d.subscription,
+            self.version != Version::V1_2,
+        );
         let id = d.message.id.0;
         if sub.ack == AckMode::Auto {
             let note = AutoAckNote {
@@ -1205,14 +1387,25 @@ impl Session {
     }
 }
 
-/// Builds the MESSAGE frame for a delivery (header mapping of docs/stomp.md).
-pub fn message_frame(m: &StoredMessage, queue: &str, subscription: &str) -> Frame {
-    let id = m.id.to_string();
+/// Builds the MESSAGE frame for a delivery (header mapping of docs/stomp.md). `ack_by_id`:
+/// the client acknowledges by `message-id` (STOMP 1.0 and 1.1), so a topic copy's
+/// `message-id` must be the copy's own id rather than the published message's.
+pub fn message_frame(m: &StoredMessage, queue: &str, subscription: &str, ack_by_id: bool) -> Frame {
+    let ack = m.id.to_string();
+    let message_id = if ack_by_id {
+        ack.clone()
+    } else {
+        m.message_id().to_string()
+    };
+    let destination = match &m.topic {
+        Some(topic) => format!("/topic/{topic}"),
+        None => format!("/queue/{queue}"),
+    };
     let mut f = Frame::new(Command::Message)
         .with_header("subscription", subscription)
-        .with_header("message-id", id.clone())
-        .with_header("destination", format!("/queue/{queue}"))
-        .with_header("ack", id);
+        .with_header("message-id", message_id)
+        .with_header("destination", destination)
+        .with_header("ack", ack);
     if let Some(ct) = &m.content_type {
         f.push_header("content-type", ct.clone());
     }

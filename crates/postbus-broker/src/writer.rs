@@ -201,7 +201,8 @@ fn pre_claim(batch: &mut [Request], observer: &dyn CommitObserver) {
     for (ri, r) in batch.iter().enumerate() {
         for (ii, row) in r.unit.inserts.iter().enumerate() {
             let m = &row.message;
-            if m.group_id.is_none() && m.deliver_at.is_none_or(|t| t <= now) {
+            if row.topic.is_none() && m.group_id.is_none() && m.deliver_at.is_none_or(|t| t <= now)
+            {
                 per_queue.entry(row.queue_id).or_default().push((ri, ii));
             }
         }

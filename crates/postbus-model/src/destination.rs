@@ -14,6 +14,9 @@ pub enum DestinationKind {
     Topic,
     /// A queue that lives as long as the connection that created it.
     TempQueue,
+    /// A topic subscription: the logical copies of a topic's messages one subscriber gets.
+    /// Not addressable over STOMP (subscribers name the topic).
+    Subscription,
 }
 
 impl DestinationKind {
@@ -23,6 +26,7 @@ impl DestinationKind {
             DestinationKind::Queue => "queue",
             DestinationKind::Topic => "topic",
             DestinationKind::TempQueue => "temp-queue",
+            DestinationKind::Subscription => "subscription",
         }
     }
 
@@ -31,6 +35,7 @@ impl DestinationKind {
             "queue" => Some(DestinationKind::Queue),
             "topic" => Some(DestinationKind::Topic),
             "temp-queue" => Some(DestinationKind::TempQueue),
+            "subscription" => Some(DestinationKind::Subscription),
             _ => None,
         }
     }
@@ -60,6 +65,10 @@ pub enum DestinationError {
     BadCharacter { name: String, ch: char },
     #[error("unknown destination prefix in {0:?}: use /queue/, /topic/ or /temp-queue/")]
     UnknownPrefix(String),
+    #[error(
+        "destination pattern {0:?} is not valid: '>' may only be the last segment, and wildcards only subscribe to topics"
+    )]
+    BadWildcard(String),
 }
 
 impl Destination {
@@ -101,6 +110,22 @@ impl Destination {
         })
     }
 
+    /// Parses a SUBSCRIBE destination: like [`Destination::parse_stomp`], but a topic may be a
+    /// wildcard pattern (`orders.*`, `orders.>`; see [`pattern_matches`]).
+    pub fn parse_stomp_pattern(s: &str) -> Result<Self, DestinationError> {
+        if let Some(rest) = s.strip_prefix("/topic/") {
+            validate_pattern(rest)?;
+            return Ok(Destination {
+                kind: DestinationKind::Topic,
+                name: rest.to_owned(),
+            });
+        }
+        if s.contains(['*', '>']) {
+            return Err(DestinationError::BadWildcard(s.chars().take(80).collect()));
+        }
+        Destination::parse_stomp(s)
+    }
+
     /// The STOMP form, e.g. `/queue/orders`.
     pub fn to_stomp(&self) -> String {
         format!("/{}/{}", self.kind.as_str(), self.name)
@@ -116,6 +141,63 @@ impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_stomp())
     }
+}
+
+/// True when `pattern` has a wildcard segment.
+pub fn is_pattern(pattern: &str) -> bool {
+    pattern.split('.').any(|s| s == "*" || s == ">")
+}
+
+/// Checks a subscription pattern: a name whose segments may also be `*` (exactly one
+/// segment) or, as the last segment, `>` (one or more segments).
+pub fn validate_pattern(pattern: &str) -> Result<(), DestinationError> {
+    let segments: Vec<&str> = pattern.split('.').collect();
+    let mut literal = Vec::with_capacity(segments.len());
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "*" => literal.push("x"),
+            ">" if i + 1 == segments.len() => literal.push("x"),
+            ">" => return Err(DestinationError::BadWildcard(pattern.to_owned())),
+            s if s.contains(['*', '>']) => {
+                return Err(DestinationError::BadWildcard(pattern.to_owned()));
+            }
+            s => literal.push(s),
+        }
+    }
+    // The rest of the rules (characters, length, empty segments) are the name rules.
+    if pattern.len() > MAX_NAME_BYTES {
+        return validate_name(pattern);
+    }
+    validate_name(&literal.join("."))
+}
+
+/// Whether topic `name` matches subscription `pattern` (see [`validate_pattern`]).
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let p: Vec<&str> = pattern.split('.').collect();
+    let n: Vec<&str> = name.split('.').collect();
+    for (i, seg) in p.iter().enumerate() {
+        match *seg {
+            ">" => return n.len() > i,
+            "*" if i < n.len() => {}
+            s if i < n.len() && n[i] == s => {}
+            _ => return false,
+        }
+    }
+    p.len() == n.len()
+}
+
+/// The POSIX regular expression (PostgreSQL `~`) equivalent to [`pattern_matches`] for a
+/// valid pattern. Name characters need no escaping but the dot.
+pub fn pattern_regex(pattern: &str) -> String {
+    let parts: Vec<String> = pattern
+        .split('.')
+        .map(|seg| match seg {
+            "*" => "[^.]+".to_owned(),
+            ">" => ".+".to_owned(),
+            s => s.to_owned(),
+        })
+        .collect();
+    format!("^{}$", parts.join("\\."))
 }
 
 /// Checks the name rules of semantics.md.
@@ -170,6 +252,34 @@ mod tests {
             Destination::parse_stomp("/temp-queue/r1").unwrap().kind,
             DestinationKind::TempQueue
         );
+    }
+
+    #[test]
+    fn wildcard_patterns_match_like_activemq() {
+        assert!(pattern_matches("orders.*", "orders.eu"));
+        assert!(!pattern_matches("orders.*", "orders.eu.new"));
+        assert!(!pattern_matches("orders.*", "orders"));
+        assert!(pattern_matches("orders.>", "orders.eu"));
+        assert!(pattern_matches("orders.>", "orders.eu.new"));
+        assert!(!pattern_matches("orders.>", "orders"));
+        assert!(pattern_matches("*.eu.>", "orders.eu.new.x"));
+        assert!(pattern_matches("orders.eu", "orders.eu"));
+        assert!(!pattern_matches("orders.eu", "orders.us"));
+        assert!(pattern_matches(">", "a"));
+        assert!(validate_pattern("orders.>").is_ok());
+        assert!(validate_pattern("*.b.*").is_ok());
+        assert!(matches!(
+            validate_pattern("a.>.b"),
+            Err(DestinationError::BadWildcard(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a.b*"),
+            Err(DestinationError::BadWildcard(_))
+        ));
+        assert!(validate_pattern("a..b").is_err());
+        assert_eq!(pattern_regex("orders.*.>"), "^orders\\.[^.]+\\..+$");
+        assert!(Destination::parse_stomp_pattern("/queue/a.*").is_err());
+        assert!(Destination::parse_stomp("/topic/a.*").is_err());
     }
 
     #[test]

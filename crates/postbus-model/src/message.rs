@@ -123,9 +123,19 @@ pub struct StoredMessage {
     /// The destination it was first sent to, when it has moved (dead-letter, expiry).
     pub original_destination: Option<String>,
     pub last_error: Option<String>,
+    /// A topic copy: the id of the published message (its JMSMessageID, the same in every
+    /// subscription's copy); `id` is then this copy's own id, which acks name.
+    pub publish_id: Option<MessageId>,
+    /// A topic copy: the topic it was published to.
+    pub topic: Option<String>,
 }
 
 impl StoredMessage {
+    /// The JMSMessageID: the published message's id for a topic copy, else the row's.
+    pub fn message_id(&self) -> MessageId {
+        self.publish_id.unwrap_or(self.id)
+    }
+
     /// True when the message has expired at `now_ms`.
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.expires_at > 0 && self.expires_at <= now_ms

@@ -28,7 +28,7 @@ pub struct DestinationStats {
     pub oldest_ready_ms: Option<i64>,
 }
 
-fn row_to_destination(r: &Row) -> Result<DestinationRow, StoreError> {
+pub(crate) fn row_to_destination(r: &Row) -> Result<DestinationRow, StoreError> {
     let kind: String = r.get(1);
     Ok(DestinationRow {
         id: r.get(0),

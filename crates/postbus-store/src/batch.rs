@@ -25,6 +25,9 @@ pub struct InsertRow {
     /// Claimed for delivery by the writing node in the insert itself (the node hands it to a
     /// local consumer from memory after the commit, with no claim statement).
     pub pre_claimed: bool,
+    /// A publish to this topic (then `queue_id` is the topic's destination id, which scopes its
+    /// dedup ids): one copy goes to each matching subscription, none if there is none.
+    pub topic: Option<String>,
 }
 
 /// An in-flight message to give back: for redelivery after `ready_at`, or to a dead-letter queue.
@@ -365,10 +368,17 @@ impl Store {
             }
         }
 
-        // The insert, the acks and the releases: one round trip.
-        let to_insert: Vec<usize> = (0..inserts.len())
+        // Topic publishes: which subscriptions get a copy.
+        let (publishes, to_insert): (Vec<usize>, Vec<usize>) = (0..inserts.len())
             .filter(|k| matches!(outcome_of_insert[*k], InsertOutcome::Stored(_)))
-            .collect();
+            .partition(|k| inserts[*k].1.topic.is_some());
+        let copies = if publishes.is_empty() {
+            None
+        } else {
+            Some(self.fan_out(client, &inserts, &ids, &publishes).await?)
+        };
+
+        // The insert, the acks and the releases: one round trip.
         let all_acks: Vec<i64> = live
             .iter()
             .flat_map(|(_, u)| u.acks.iter().copied())
@@ -377,6 +387,9 @@ impl Store {
         let do_insert = async {
             if !to_insert.is_empty() {
                 insert_messages(client, batch.node, &inserts, &ids, &to_insert).await?;
+            }
+            if let Some(c) = &copies {
+                insert_copies(client, &inserts, &ids, c).await?;
             }
             Ok::<_, StoreError>(())
         };
@@ -453,8 +466,16 @@ impl Store {
             k += u.inserts.len();
             outcomes[*i] = committed(u, inserted, &acked, &released);
         }
-        if let Some(ids) = &batch.notify {
-            client.execute(queries::NOTIFY, &[ids]).await?;
+        // Subscriptions that got copies are announced unthrottled (this broker hears it too:
+        // that is how its own subscription dispatchers learn of them).
+        let mut notify: Vec<String> = batch.notify.iter().cloned().collect();
+        if let Some(c) = &copies {
+            notify.extend(c.copies.subscriptions.iter().map(i32::to_string));
+        }
+        if !notify.is_empty() {
+            client
+                .execute(queries::NOTIFY, &[&notify.join(",")])
+                .await?;
         }
         Ok(Step::Commit(outcomes, xid))
     }
@@ -542,7 +563,9 @@ fn committed(
 fn is_simple(batch: &WriteBatch) -> bool {
     batch.units.iter().all(|u| {
         u.client_tx.is_none()
-            && u.inserts.iter().all(|r| r.message.dedup_id.is_none())
+            && u.inserts
+                .iter()
+                .all(|r| r.message.dedup_id.is_none() && r.topic.is_none())
             && !(u.atomic && (!u.acks.is_empty() || !u.releases.is_empty()))
     })
 }
@@ -578,19 +601,34 @@ struct Columns<'a> {
     ts: Vec<Option<&'a str>>,
     props: Vec<Option<serde_json::Value>>,
     types: Vec<Option<serde_json::Value>>,
-    body: Vec<&'a [u8]>,
+    body: Vec<Option<&'a [u8]>>,
 }
+
+/// One row for [`Columns`]: (queue id, owner, message, whether the body goes in the row).
+type ColumnRow<'a> = (i32, Option<i64>, &'a NewMessage, bool);
 
 impl<'a> Columns<'a> {
     fn new(rows: &[&'a InsertRow], node: NodeId) -> Self {
+        let parts: Vec<ColumnRow<'a>> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.queue_id,
+                    r.pre_claimed.then_some(node.0),
+                    &r.message,
+                    true,
+                )
+            })
+            .collect();
+        Self::from_parts(&parts)
+    }
+
+    fn from_parts(rows: &[ColumnRow<'a>]) -> Self {
         let now = postbus_model::now_ms();
-        let m = |r: &&'a InsertRow| -> &'a NewMessage { &r.message };
+        let m = |r: &ColumnRow<'a>| -> &'a NewMessage { r.2 };
         Columns {
-            queue: rows.iter().map(|r| r.queue_id).collect(),
-            owner: rows
-                .iter()
-                .map(|r| r.pre_claimed.then_some(node.0))
-                .collect(),
+            queue: rows.iter().map(|r| r.0).collect(),
+            owner: rows.iter().map(|r| r.1).collect(),
             priority: rows.iter().map(|r| m(r).priority).collect(),
             ready_at: rows
                 .iter()
@@ -613,7 +651,10 @@ impl<'a> Columns<'a> {
             ts: rows.iter().map(|r| m(r).tracestate.as_deref()).collect(),
             props: rows.iter().map(|r| m(r).properties.to_json()).collect(),
             types: rows.iter().map(|r| m(r).properties.types_json()).collect(),
-            body: rows.iter().map(|r| m(r).body.as_ref()).collect(),
+            body: rows
+                .iter()
+                .map(|r| r.3.then_some(m(r).body.as_ref()))
+                .collect(),
         }
     }
 
@@ -678,6 +719,111 @@ impl<'a> ReleaseColumns<'a> {
             &self.error,
         ]
     }
+}
+
+/// The copies of a batch's publishes, with the ids they get.
+struct FannedOut<'a> {
+    copies: crate::fanout::Copies<'a>,
+    ids: Vec<i64>,
+}
+
+impl Store {
+    /// Finds the subscriptions each publish goes to (in this transaction's snapshot) and
+    /// allocates ids for the copies.
+    async fn fan_out<'a>(
+        &self,
+        client: &deadpool_postgres::Client,
+        inserts: &[(usize, &'a InsertRow)],
+        ids: &[i64],
+        publishes: &[usize],
+    ) -> Result<FannedOut<'a>, StoreError> {
+        let mut topics: Vec<&str> = publishes
+            .iter()
+            .filter_map(|k| inserts[*k].1.topic.as_deref())
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let stmt = client
+            .prepare_cached(queries::MATCHING_SUBSCRIPTIONS)
+            .await?;
+        let candidates: Vec<crate::fanout::Candidate> = client
+            .query(&stmt, &[&topics])
+            .await?
+            .iter()
+            .map(|r| crate::fanout::Candidate {
+                topic: r.get(0),
+                subscription: r.get(1),
+                selector: r.get(2),
+            })
+            .collect();
+        let list: Vec<(usize, &str, &'a NewMessage, i64)> = publishes
+            .iter()
+            .map(|&k| {
+                let row = inserts[k].1;
+                (k, row.topic.as_deref().unwrap_or(""), &row.message, ids[k])
+            })
+            .collect();
+        let copies = crate::fanout::decide(&self.selectors, &candidates, &list);
+        let ids = if copies.copies.is_empty() {
+            Vec::new()
+        } else {
+            let stmt = client.prepare_cached(queries::ALLOCATE_IDS).await?;
+            let n = copies.copies.len() as i32;
+            client.query_one(&stmt, &[&n]).await?.get(0)
+        };
+        Ok(FannedOut { copies, ids })
+    }
+}
+
+/// Inserts the copies of a batch's publishes, and the bodies they share.
+async fn insert_copies(
+    client: &deadpool_postgres::Client,
+    inserts: &[(usize, &InsertRow)],
+    publish_ids: &[i64],
+    fanned: &FannedOut<'_>,
+) -> Result<(), StoreError> {
+    let c = &fanned.copies;
+    if c.copies.is_empty() {
+        return Ok(());
+    }
+    let shared: HashSet<i64> = c.payloads.iter().map(|(id, _)| *id).collect();
+    let parts: Vec<ColumnRow<'_>> = c
+        .copies
+        .iter()
+        .map(|&(k, sub)| {
+            let row = inserts[k].1;
+            (sub, None, &row.message, !shared.contains(&publish_ids[k]))
+        })
+        .collect();
+    let cols = Columns::from_parts(&parts);
+    let publish: Vec<i64> = c.copies.iter().map(|&(k, _)| publish_ids[k]).collect();
+    let topic: Vec<Option<&str>> = c
+        .copies
+        .iter()
+        .map(|&(k, _)| inserts[k].1.topic.as_deref())
+        .collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&fanned.ids];
+    params.extend(cols.params());
+    params.push(&publish);
+    params.push(&topic);
+    let insert = async {
+        let stmt = client.prepare_cached(queries::INSERT_COPIES).await?;
+        client.execute(&stmt, &params).await?;
+        Ok::<_, StoreError>(())
+    };
+    let payloads = async {
+        if c.payloads.is_empty() {
+            return Ok::<_, StoreError>(());
+        }
+        let id: Vec<i64> = c.payloads.iter().map(|(id, _)| *id).collect();
+        let body: Vec<&[u8]> = c.payloads.iter().map(|(_, b)| *b).collect();
+        let at = vec![postbus_model::now_ms(); id.len()];
+        let stmt = client.prepare_cached(queries::INSERT_PAYLOADS).await?;
+        client.execute(&stmt, &[&id, &body, &at]).await?;
+        Ok(())
+    };
+    tokio::try_join!(insert, payloads)?;
+    Ok(())
 }
 
 async fn insert_messages(

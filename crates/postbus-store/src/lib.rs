@@ -8,18 +8,22 @@
 mod admin;
 mod batch;
 mod error;
+mod fanout;
 pub mod migrate;
 mod queries;
 
 pub use queries::WAKE_CHANNEL;
 mod read;
 mod selection;
+mod subscriptions;
+pub use subscriptions::{SubscriptionRow, SubscriptionSpec};
 
 pub use selection::{FILTER_FIRST_PARAM, MessagesMapping};
 
 pub use admin::{DestinationRow, DestinationStats};
 pub use batch::{InsertOutcome, InsertRow, ReleaseRow, Unit, UnitOutcome, WriteBatch};
 pub use error::StoreError;
+pub use fanout::SelectorView;
 
 use std::time::Duration;
 
@@ -55,6 +59,8 @@ pub struct NodeId(pub i64);
 pub struct Store {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// Subscription selectors, parsed once, for topic fan-out.
+    selectors: std::sync::Arc<fanout::SelectorCache>,
 }
 
 impl Store {
@@ -93,7 +99,11 @@ impl Store {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))?;
-        Ok(Store { pool, config: pg })
+        Ok(Store {
+            pool,
+            config: pg,
+            selectors: Default::default(),
+        })
     }
 
     /// Checks that the database answers.

@@ -19,7 +19,8 @@ macro_rules! release_set {
 pub const MESSAGE_COLUMNS: &str = "m.id, m.queue_id, m.priority, m.expires_at, m.delivery_count, m.persistent, \
      m.sent_at, m.group_id, m.group_seq, m.correlation_id, m.reply_to, m.jms_type, m.content_type, \
      m.user_id, m.traceparent, m.tracestate, m.properties, m.property_types, m.dlq_reason, m.origin, \
-     m.last_error, m.body";
+     m.last_error, coalesce(m.body, (SELECT p.body FROM postbus.payloads p WHERE p.id = m.publish_id)), \
+     m.publish_id, m.topic";
 
 /// The first statement of a batch: the transaction's id (to learn the outcome if the connection
 /// breaks during COMMIT) and `$1` fresh message ids, in increasing order.
@@ -251,3 +252,53 @@ pub const PURGE: &str = "DELETE FROM postbus.messages WHERE queue_id = $1 AND ow
 pub const COUNT_MESSAGES: &str = "SELECT count(*) FROM postbus.messages WHERE queue_id = $1";
 pub const DELETE_DESTINATION_DEDUP: &str = "DELETE FROM postbus.dedup WHERE queue_id = $1";
 pub const DELETE_DESTINATION: &str = "DELETE FROM postbus.destinations WHERE id = $1";
+
+/// The subscriptions whose pattern matches each topic name in `$1` (see schema V3).
+pub const MATCHING_SUBSCRIPTIONS: &str = "SELECT t.name, s.id, s.selector \
+     FROM unnest($1::text[]) AS t(name) \
+     JOIN postbus.destinations s ON s.kind = 'subscription' AND t.name ~ s.topic_regex";
+
+/// `$1` fresh message ids, in increasing order.
+pub const ALLOCATE_IDS: &str =
+    "SELECT ARRAY(SELECT nextval('postbus.message_id_seq') FROM generate_series(1, $1::int))";
+
+/// Topic copies: like [`INSERT_MESSAGES`] plus the published message's id and topic; the body
+/// is NULL when it is stored once in `postbus.payloads`.
+pub const INSERT_COPIES: &str = "INSERT INTO postbus.messages (id, queue_id, owner, priority, ready_at, expires_at, \
+        persistent, sent_at, group_id, group_seq, correlation_id, reply_to, jms_type, content_type, user_id, \
+        traceparent, tracestate, properties, property_types, body, publish_id, topic) \
+     SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::smallint[], $5::bigint[], $6::bigint[], \
+        $7::bool[], $8::bigint[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[], $14::text[], \
+        $15::text[], $16::text[], $17::text[], $18::jsonb[], $19::jsonb[], $20::bytea[], $21::bigint[], $22::text[])";
+
+/// Bodies shared by several topic copies.
+pub const INSERT_PAYLOADS: &str = "INSERT INTO postbus.payloads (id, body, created_at) \
+     SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[])";
+
+/// Removes shared bodies no copy points at any more (older than `$1`, so a publish still
+/// committing is never looked at).
+pub const SWEEP_PAYLOADS: &str = "DELETE FROM postbus.payloads p \
+     WHERE p.created_at < $1 \
+       AND NOT EXISTS (SELECT 1 FROM postbus.messages m WHERE m.publish_id = p.id)";
+
+/// The subscription-specific columns of a destination row.
+pub const SUBSCRIPTION_COLUMNS: &str =
+    "topic_pattern, selector, durable, shared, client_id, subscription_name, node_id";
+
+/// Creates a subscription unless one of that name exists.
+pub const INSERT_SUBSCRIPTION: &str = "INSERT INTO postbus.destinations (kind, name, max_deliveries, \
+        redelivery_delay_ms, redelivery_backoff, redelivery_max_delay_ms, dead_letter_queue, expiry_queue, \
+        dedup_window_ms, exclusive, auto_created, topic_pattern, topic_regex, selector, durable, shared, \
+        client_id, subscription_name, node_id) \
+     VALUES ('subscription', $1, $2, $3, $4, $5, $6, $7, $8, false, true, $9, $10, $11, $12, $13, $14, $15, $16) \
+     ON CONFLICT (kind, name) DO NOTHING";
+
+/// Deletes a subscription and its copies, in one statement (the copies first, so the row's
+/// foreign keys hold at the end of the statement).
+pub const DELETE_SUBSCRIPTION: &str = "WITH copies AS (DELETE FROM postbus.messages WHERE queue_id = $1) \
+     DELETE FROM postbus.destinations WHERE id = $1 AND kind = 'subscription'";
+
+/// Non-durable subscriptions whose broker node is gone (they lived with its connections).
+pub const GONE_NODE_SUBSCRIPTIONS: &str = "SELECT s.id FROM postbus.destinations s \
+     WHERE s.kind = 'subscription' AND s.node_id IS NOT NULL \
+       AND NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = s.node_id)";

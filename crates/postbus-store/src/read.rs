@@ -11,7 +11,14 @@ pub(crate) fn row_to_message(row: &Row) -> Result<StoredMessage, StoreError> {
     let types: Option<serde_json::Value> = row.get(17);
     let properties =
         Properties::from_json(props.as_ref(), types.as_ref()).map_err(StoreError::BadRow)?;
-    let body: Vec<u8> = row.get(21);
+    let body: Option<Vec<u8>> = row.get(21);
+    let body = body.ok_or_else(|| {
+        StoreError::BadRow(format!(
+            "message {} has no body (its shared payload is missing)",
+            row.get::<_, i64>(0)
+        ))
+    })?;
+    let publish_id: Option<i64> = row.get(22);
     Ok(StoredMessage {
         id: MessageId(row.get(0)),
         queue_id: row.get(1),
@@ -34,6 +41,8 @@ pub(crate) fn row_to_message(row: &Row) -> Result<StoredMessage, StoreError> {
         original_destination: row.get(19),
         last_error: row.get(20),
         body: body.into(),
+        publish_id: publish_id.map(MessageId),
+        topic: row.get(23),
     })
 }
 

@@ -24,7 +24,7 @@ impl SqlMapping for MessagesMapping {
                 HeaderField::JMSDeliveryMode => {
                     "CASE WHEN c.persistent THEN 'PERSISTENT' ELSE 'NON_PERSISTENT' END"
                 }
-                HeaderField::JMSMessageID => "('ID:' || c.id)",
+                HeaderField::JMSMessageID => "('ID:' || coalesce(c.publish_id, c.id))",
             }
             .to_owned(),
         )
