@@ -447,7 +447,8 @@ async fn non_durable_subscriptions_of_a_gone_broker_are_removed() {
     // after that broker was killed and declared dead).
     postbus_tests::sql(
         &b.url,
-        "UPDATE postbus.destinations SET node_id = 987654321 WHERE name LIKE 'nondurable:%'",
+        "UPDATE postbus.subscription_consumers SET node_id = 987654321 WHERE subscription_id IN \
+         (SELECT id FROM postbus.destinations WHERE name LIKE 'nondurable:%')",
     )
     .await;
     let mut left = (0, 0);
@@ -470,4 +471,102 @@ async fn non_durable_subscriptions_of_a_gone_broker_are_removed() {
         (1, 1),
         "only the durable subscription and its copy remain"
     );
+}
+
+/// A shared subscription used from two brokers lives until its last consumer anywhere leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_across_brokers_lives_while_any_consumer_does() {
+    let (a, b) = TestBroker::pair("shared", postbus_tests::test_config()).await;
+    let shared = [("shared", "true"), ("subscription-name", "pool")];
+    let mut on_a = a.client().await;
+    on_a.subscribe("/topic/work", "s", "auto", &shared)
+        .await
+        .unwrap();
+    let mut on_b = b.client().await;
+    on_b.subscribe("/topic/work", "s", "auto", &shared)
+        .await
+        .unwrap();
+    on_b.request(Frame::new(Command::Unsubscribe).with_header("id", "s"))
+        .await
+        .unwrap();
+    on_b.disconnect().await.unwrap();
+    // Let b's leaving finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut p = b.client().await;
+    p.send("/topic/work", "still served", &[]).await.unwrap();
+    assert_eq!(body(&recv(&mut on_a).await), "still served");
+    on_a.disconnect().await.unwrap();
+    let mut gone = false;
+    for _ in 0..50 {
+        if count(
+            &a,
+            "SELECT count(*) FROM postbus.destinations WHERE kind = 'subscription'",
+        )
+        .await
+            == 0
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the last consumer leaving removes it");
+}
+
+/// UNSUBSCRIBE and an immediate SUBSCRIBE again: the new subscription gets what is published
+/// after it, whatever the order in which the broker finishes removing the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribing_at_once_is_not_undone_by_the_old_subscriptions_removal() {
+    let b = TestBroker::start().await;
+    let mut s = b.client().await;
+    let mut p = b.client().await;
+    for round in 0..5 {
+        s.subscribe("/topic/again", "s", "auto", &[]).await.unwrap();
+        p.send("/topic/again", format!("r{round}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(body(&recv(&mut s).await), format!("r{round}"));
+        s.feed_frame(Frame::new(Command::Unsubscribe).with_header("id", "s"))
+            .await
+            .unwrap();
+    }
+    s.flush().await.unwrap();
+    s.subscribe("/topic/again", "s", "auto", &[]).await.unwrap();
+    p.send("/topic/again", "last", &[]).await.unwrap();
+    assert_eq!(body(&recv(&mut s).await), "last");
+}
+
+/// A copy that runs out of deliveries moves to the dead-letter queue as an ordinary queue
+/// message, with the topic as its original destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_copy_names_its_topic() {
+    let b = TestBroker::start().await;
+    let mut s = with_client_id(&b, "dl").await;
+    s.subscribe(
+        "/topic/fragile",
+        "s",
+        "client-individual",
+        &[("durable-subscription-name", "d")],
+    )
+    .await
+    .unwrap();
+    let mut p = b.client().await;
+    p.send("/topic/fragile", "poison", &[]).await.unwrap();
+    let m = recv(&mut s).await;
+    s.request(settle_nack_no_requeue(&m)).await.unwrap();
+    let mut dlq = b.client().await;
+    dlq.subscribe("/queue/DLQ.fragile", "q", "auto", &[])
+        .await
+        .unwrap();
+    let d = recv(&mut dlq).await;
+    assert_eq!(body(&d), "poison");
+    assert_eq!(d.header("destination"), Some("/queue/DLQ.fragile"));
+    assert_eq!(d.header("original-destination"), Some("/topic/fragile"));
+    assert_eq!(d.header("message-id"), m.header("message-id"));
+}
+
+fn settle_nack_no_requeue(m: &Frame) -> Frame {
+    Frame::new(Command::Nack)
+        .with_header("id", m.header("ack").unwrap())
+        .with_header("requeue", "false")
 }

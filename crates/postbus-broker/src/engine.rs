@@ -47,6 +47,10 @@ struct Inner {
     /// Topic destination rows by name (their ids scope dedup ids; their settings are their
     /// subscriptions').
     topics: Mutex<HashMap<String, DestinationRow>>,
+    /// Subscription id -> consumers on it on this node. Joining and leaving subscriptions go
+    /// through this lock one at a time, so a consumer joining as the last one leaves never
+    /// ends up on a subscription that the leaving one removes.
+    subscribers: tokio::sync::Mutex<HashMap<i32, usize>>,
     next_id: AtomicU64,
     clients: Mutex<Clients>,
 }
@@ -260,6 +264,7 @@ impl Engine {
                 writers,
                 queues: Mutex::new(Queues::default()),
                 topics: Mutex::new(HashMap::new()),
+                subscribers: tokio::sync::Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 clients: Mutex::new(Clients::default()),
             }
@@ -408,7 +413,9 @@ impl Engine {
             };
             spec.settings.dead_letter_queue = Some(format!("DLQ.{base}"));
         }
-        let (mut row, created) = self.0.store.ensure_subscription(&spec).await?;
+        let mut subscribers = self.0.subscribers.lock().await;
+        let node = self.0.node;
+        let (mut row, created) = self.0.store.ensure_subscription(&spec, node).await?;
         let same = row.topic_pattern == spec.topic_pattern && row.selector == spec.selector;
         if !created && !same {
             if spec.shared {
@@ -419,12 +426,22 @@ impl Engine {
                     row.selector.as_deref().unwrap_or("")
                 )));
             }
+            if subscribers.get(&row.destination.id).is_some_and(|n| *n > 0) {
+                return Err(EngineError::Subscription(format!(
+                    "durable subscription {:?} has a consumer with another topic or selector: close it first",
+                    spec.subscription_name.as_deref().unwrap_or("")
+                )));
+            }
             tracing::info!(subscription = %spec.name, "durable subscription changed its topic or selector: replacing it");
             self.forget_runtime(row.destination.id);
-            self.0.store.delete_subscription(row.destination.id).await?;
-            row = self.0.store.ensure_subscription(&spec).await?.0;
+            self.0
+                .store
+                .detach_subscription(row.destination.id, None, true)
+                .await?;
+            row = self.0.store.ensure_subscription(&spec, node).await?.0;
         }
         let d = row.destination;
+        *subscribers.entry(d.id).or_default() += 1;
         let mut queues = self.lock_queues();
         let q = queues
             .by_id
@@ -441,11 +458,41 @@ impl Engine {
         Ok(q)
     }
 
-    /// Removes a subscription for good (a non-durable one whose last consumer left, or a
-    /// durable one unsubscribed by name), with the copies it holds.
+    /// A consumer left a subscription. When it was this node's last one, the node detaches,
+    /// and a non-durable subscription nobody else consumes from is removed with its copies.
+    pub async fn leave_subscription(&self, id: i32) -> Result<(), EngineError> {
+        let mut subscribers = self.0.subscribers.lock().await;
+        let left = match subscribers.get_mut(&id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return Ok(());
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if left {
+            subscribers.remove(&id);
+        }
+        if self
+            .0
+            .store
+            .detach_subscription(id, Some(self.0.node), false)
+            .await?
+        {
+            self.forget_runtime(id);
+        }
+        Ok(())
+    }
+
+    /// Removes a durable subscription for good (UNSUBSCRIBE by name), with its copies. Its
+    /// consumer here, if any, is being removed by the same UNSUBSCRIBE (a client id has one
+    /// connection, and JMS allows one consumer per unshared durable subscription).
     pub async fn drop_subscription(&self, id: i32) -> Result<bool, EngineError> {
+        let mut subscribers = self.0.subscribers.lock().await;
+        subscribers.remove(&id);
+        let removed = self.0.store.detach_subscription(id, None, true).await?;
         self.forget_runtime(id);
-        Ok(self.0.store.delete_subscription(id).await?)
+        Ok(removed)
     }
 
     /// Stops a subscription's dispatcher and forgets its runtime.

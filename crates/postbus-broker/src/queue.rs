@@ -379,17 +379,10 @@ impl QueueRuntime {
         (returned, pending)
     }
 
-    /// Consumers attached here now.
-    pub fn consumer_count(&self) -> usize {
-        self.lock().consumers.len()
-    }
-
-    /// [`QueueRuntime::release_done`] for a release that `remove_consumer` counted (it counts
-    /// one when it returned anything).
-    pub fn release_done_if(&self, counted: bool) {
-        if counted {
-            self.release_done();
-        }
+    /// Nothing of a departed consumer is still settling or being released.
+    pub fn settled(&self) -> bool {
+        let st = self.lock();
+        st.orphans.is_empty() && st.releasing == 0
     }
 
     /// A NACK or rollback is about to release messages: pause claims until it commits.
@@ -833,6 +826,9 @@ struct Leases {
 /// no consumers here any more.
 pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
     let poll = Duration::from_millis(engine.config().poll_interval_ms.max(10));
+    // A fixed tick, not a sleep restarted on every wake-up: a busy queue still polls.
+    let mut poll_tick = tokio::time::interval(poll);
+    poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let batch = engine.config().claim_batch.max(1) as usize;
     let mut backoff = Duration::from_millis(50);
     let mut leases = Leases::default();
@@ -960,7 +956,7 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
             // reaching us. Look before giving up dispatching from memory: marking a backlog
             // blindly would send fresh messages through the table until consumers had credit
             // for a claim to prove it drained again.
-            _ = tokio::time::sleep(poll) => {
+            _ = poll_tick.tick() => {
                 queue.mark_grouped();
                 let (epoch, backlog_epoch) = (queue.release_epoch(), queue.backlog_epoch());
                 if queue.is_idle() {

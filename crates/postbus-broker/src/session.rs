@@ -71,9 +71,9 @@ struct Subscription {
     queue: Arc<QueueRuntime>,
     consumer: ConsumerId,
     ack: AckMode,
-    /// A non-durable topic subscription: removed with its copies when its last consumer here
-    /// goes.
-    temporary: bool,
+    /// A topic subscription: when this consumer goes, the engine hears of it (a non-durable
+    /// subscription goes with its last consumer).
+    topic: bool,
 }
 
 /// A transacted session's pending work.
@@ -732,7 +732,7 @@ impl Session {
             }
         };
         let topic = destination.kind == DestinationKind::Topic;
-        let (queue, selector, temporary) = if topic {
+        let (queue, selector) = if topic {
             if exclusive {
                 return Some(End::error(
                     "exclusive applies to queue consumers: drop it from a topic subscription",
@@ -744,9 +744,8 @@ impl Session {
                 Ok(spec) => spec,
                 Err(e) => return Some(End::error(e, r)),
             };
-            let temporary = !spec.durable;
             match self.engine.subscription(spec).await {
-                Ok(q) => (q, None, temporary),
+                Ok(q) => (q, None),
                 Err(e) => return Some(End::error(e.to_string(), r)),
             }
         } else {
@@ -755,7 +754,7 @@ impl Session {
                 .queue(&destination.name, self.engine.config().auto_create_queues)
                 .await
             {
-                Ok(q) => (q, selector, false),
+                Ok(q) => (q, selector),
                 Err(e) => return Some(End::error(e.to_string(), r)),
             }
         };
@@ -775,7 +774,7 @@ impl Session {
                 queue,
                 consumer,
                 ack,
-                temporary,
+                topic,
             },
         );
         self.answer(r);
@@ -907,27 +906,33 @@ impl Session {
 
     /// Removes a consumer from its queue and gives back what was in flight to it.
     fn remove_consumer(&mut self, sub: Subscription, receipt: Option<String>) {
-        let (returned, pending) = sub.queue.remove_consumer(sub.consumer);
-        if sub.temporary && sub.queue.consumer_count() == 0 {
-            // A non-durable subscription goes with its last consumer, copies and all.
-            let (engine, id) = (self.engine.clone(), sub.queue.id);
-            self.delivered
-                .retain(|id, _| !returned.iter().any(|f| f.id == *id));
+        let (topic, queue) = (sub.topic, sub.queue.clone());
+        self.release_consumer(sub, receipt);
+        if topic {
+            // Once what this consumer had in flight is settled (acks under way commit, the rest
+            // is given back), the engine hears it left: a non-durable subscription goes with
+            // its last consumer, copies and all.
+            let engine = self.engine.clone();
             self.pending.push_back(Box::pin(async move {
-                let result = match engine.drop_subscription(id).await {
-                    Ok(_) => Ok(ok_unit()),
-                    Err(e) => Err(WriteError::Failed(e.to_string())),
-                };
-                sub.queue
-                    .release_done_if(!returned.is_empty() || !pending.is_empty());
+                let patience = Duration::from_millis(engine.config().write_retry_ms.max(1_000));
+                let started = std::time::Instant::now();
+                while !queue.settled() && started.elapsed() < patience {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if let Err(e) = engine.leave_subscription(queue.id).await {
+                    tracing::warn!(subscription = %queue.name, error = %e, "leaving a subscription failed");
+                }
                 Completion {
-                    result,
+                    result: Ok(ok_unit()),
                     then: Then::Nothing,
-                    receipt,
+                    receipt: None,
                 }
             }));
-            return;
         }
+    }
+
+    fn release_consumer(&mut self, sub: Subscription, receipt: Option<String>) {
+        let (returned, pending) = sub.queue.remove_consumer(sub.consumer);
         self.delivered
             .retain(|id, _| !returned.iter().any(|f| f.id == *id));
         if returned.is_empty() && pending.is_empty() {

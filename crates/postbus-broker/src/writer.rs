@@ -187,6 +187,22 @@ async fn coordinate(
                     }
                 }
             }
+            // Queues written since the last NOTIFY and no batch to carry the next one: announce
+            // them on their own once the throttle allows (they are committed by now).
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(last_notify + NOTIFY_EVERY)),
+                if !to_notify.is_empty() && running.is_empty() && queue.is_empty() => {
+                last_notify = Instant::now();
+                let ids: Vec<String> = std::mem::take(&mut to_notify)
+                    .iter()
+                    .map(i32::to_string)
+                    .collect();
+                let store = store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.notify(&ids.join(",")).await {
+                        tracing::warn!(error = %e, "wake-up NOTIFY failed; other brokers find the messages at their next poll");
+                    }
+                });
+            }
         }
     }
 }

@@ -130,6 +130,8 @@ impl Store {
     pub async fn delete_destination(&self, queue_id: i32, force: bool) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        tx.query_opt(queries::LOCK_DESTINATION, &[&queue_id])
+            .await?;
         let count: i64 = tx
             .query_one(queries::COUNT_MESSAGES, &[&queue_id])
             .await?
@@ -139,11 +141,8 @@ impl Store {
                 "the destination holds {count} messages: purge it first, or delete with --force"
             )));
         }
-        tx.execute(
-            "DELETE FROM postbus.messages WHERE queue_id = $1",
-            &[&queue_id],
-        )
-        .await?;
+        tx.execute(queries::DELETE_ALL_MESSAGES, &[&queue_id])
+            .await?;
         tx.execute(queries::DELETE_DESTINATION_DEDUP, &[&queue_id])
             .await?;
         tx.execute(queries::DELETE_DESTINATION, &[&queue_id])

@@ -468,14 +468,15 @@ impl Store {
         }
         // Subscriptions that got copies are announced unthrottled (this broker hears it too:
         // that is how its own subscription dispatchers learn of them).
-        let mut notify: Vec<String> = batch.notify.iter().cloned().collect();
-        if let Some(c) = &copies {
-            notify.extend(c.copies.subscriptions.iter().map(i32::to_string));
+        if let Some(ids) = &batch.notify {
+            client.execute(queries::NOTIFY, &[ids]).await?;
         }
-        if !notify.is_empty() {
-            client
-                .execute(queries::NOTIFY, &[&notify.join(",")])
-                .await?;
+        if let Some(c) = &copies {
+            // A NOTIFY payload must stay under 8000 bytes.
+            let ids: Vec<String> = c.copies.subscriptions.iter().map(i32::to_string).collect();
+            for chunk in ids.chunks(500) {
+                client.execute(queries::NOTIFY, &[&chunk.join(",")]).await?;
+            }
         }
         Ok(Step::Commit(outcomes, xid))
     }

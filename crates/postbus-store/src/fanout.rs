@@ -1,8 +1,8 @@
 //! Topic fan-out: a message published to a topic gets one copy per subscription whose pattern
 //! matches the topic and whose selector accepts the message, decided inside the publishing
-//! transaction (so a subscription whose creation committed before the publish began gets its
-//! copy, and one created later does not). Also the selector's view of a message, shared with
-//! the broker's selective consumers.
+//! transaction (so a subscription whose creation committed before the publish looked them up
+//! gets its copy, and one created after the publish committed does not). Also the selector's
+//! view of a message, shared with the broker's selective consumers.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

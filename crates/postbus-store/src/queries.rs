@@ -10,7 +10,9 @@ macro_rules! release_set {
          ready_at = u.ready_at, \
          queue_id = coalesce(u.dead_letter, m.queue_id), \
          dlq_reason = CASE WHEN u.dead_letter IS NULL THEN m.dlq_reason ELSE u.reason END, \
-         origin = CASE WHEN u.dead_letter IS NULL THEN m.origin ELSE coalesce(m.origin, u.origin) END, \
+         origin = CASE WHEN u.dead_letter IS NULL THEN m.origin \
+             ELSE coalesce(m.origin, '/topic/' || m.topic, u.origin) END, \
+         topic = CASE WHEN u.dead_letter IS NULL THEN m.topic END, \
          last_error = coalesce(u.last_error, m.last_error)"
     };
 }
@@ -191,7 +193,7 @@ pub const DELETE_BY_IDS: &str =
     "DELETE FROM postbus.messages WHERE id = ANY($1::bigint[]) AND owner IS NULL";
 
 pub const MOVE_EXPIRED: &str = "UPDATE postbus.messages SET queue_id = $2, expires_at = 0, \
-        dlq_reason = 'expired', origin = coalesce(origin, $3) \
+        dlq_reason = 'expired', origin = coalesce(origin, '/topic/' || topic, $3), topic = NULL \
      WHERE id = ANY($1::bigint[]) AND owner IS NULL";
 
 pub const SWEEP_DEDUP: &str = "DELETE FROM postbus.dedup WHERE expires_at <= $1";
@@ -253,10 +255,13 @@ pub const COUNT_MESSAGES: &str = "SELECT count(*) FROM postbus.messages WHERE qu
 pub const DELETE_DESTINATION_DEDUP: &str = "DELETE FROM postbus.dedup WHERE queue_id = $1";
 pub const DELETE_DESTINATION: &str = "DELETE FROM postbus.destinations WHERE id = $1";
 
-/// The subscriptions whose pattern matches each topic name in `$1` (see schema V3).
+/// The subscriptions whose pattern matches each topic name in `$1` (see schema V3), locked
+/// so none is deleted before this publish commits; one being deleted (locked FOR UPDATE) is
+/// skipped.
 pub const MATCHING_SUBSCRIPTIONS: &str = "SELECT t.name, s.id, s.selector \
      FROM unnest($1::text[]) AS t(name) \
-     JOIN postbus.destinations s ON s.kind = 'subscription' AND t.name ~ s.topic_regex";
+     JOIN postbus.destinations s ON s.kind = 'subscription' AND t.name ~ s.topic_regex \
+     FOR KEY SHARE OF s SKIP LOCKED";
 
 /// `$1` fresh message ids, in increasing order.
 pub const ALLOCATE_IDS: &str =
@@ -293,12 +298,39 @@ pub const INSERT_SUBSCRIPTION: &str = "INSERT INTO postbus.destinations (kind, n
      VALUES ('subscription', $1, $2, $3, $4, $5, $6, $7, $8, false, true, $9, $10, $11, $12, $13, $14, $15, $16) \
      ON CONFLICT (kind, name) DO NOTHING";
 
-/// Deletes a subscription and its copies, in one statement (the copies first, so the row's
-/// foreign keys hold at the end of the statement).
-pub const DELETE_SUBSCRIPTION: &str = "WITH copies AS (DELETE FROM postbus.messages WHERE queue_id = $1) \
-     DELETE FROM postbus.destinations WHERE id = $1 AND kind = 'subscription'";
+/// Locks a destination row before its deletion: waits for publishes copying to it.
+pub const LOCK_DESTINATION: &str =
+    "SELECT durable FROM postbus.destinations WHERE id = $1 FOR UPDATE";
 
-/// Non-durable subscriptions whose broker node is gone (they lived with its connections).
-pub const GONE_NODE_SUBSCRIPTIONS: &str = "SELECT s.id FROM postbus.destinations s \
-     WHERE s.kind = 'subscription' AND s.node_id IS NOT NULL \
-       AND NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = s.node_id)";
+/// Every message of destination `$1`, found through the partial indexes (there is no plain
+/// index on queue_id): ready plain, ready grouped, in flight, waiting for a time.
+pub const DELETE_ALL_MESSAGES: &str = "DELETE FROM postbus.messages WHERE id IN ( \
+        SELECT id FROM postbus.messages WHERE queue_id = $1 AND owner IS NULL AND ready_at IS NULL AND group_id IS NULL \
+        UNION ALL SELECT id FROM postbus.messages WHERE queue_id = $1 AND owner IS NULL AND ready_at IS NULL AND group_id IS NOT NULL \
+        UNION ALL SELECT id FROM postbus.messages WHERE owner IS NOT NULL AND queue_id = $1 \
+        UNION ALL SELECT id FROM postbus.messages WHERE ready_at IS NOT NULL AND queue_id = $1)";
+
+/// Deletes a subscription row (its copies are deleted first, in the same transaction).
+pub const DELETE_SUBSCRIPTION: &str =
+    "DELETE FROM postbus.destinations WHERE id = $1 AND kind = 'subscription'";
+
+/// This node has consumers on subscription `$1`.
+pub const ATTACH_SUBSCRIPTION: &str = "INSERT INTO postbus.subscription_consumers (subscription_id, node_id) \
+     VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
+/// This node has no consumer left on subscription `$1`.
+pub const DETACH_SUBSCRIPTION: &str =
+    "DELETE FROM postbus.subscription_consumers WHERE subscription_id = $1 AND node_id = $2";
+
+/// Whether any node still has consumers on subscription `$1`.
+pub const SUBSCRIPTION_ATTACHED: &str =
+    "SELECT EXISTS (SELECT 1 FROM postbus.subscription_consumers WHERE subscription_id = $1)";
+
+/// Forgets the consumers of broker nodes that are gone.
+pub const DETACH_GONE_NODES: &str = "DELETE FROM postbus.subscription_consumers c \
+     WHERE NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = c.node_id)";
+
+/// Non-durable subscriptions nobody consumes from (their last consumer's node is gone).
+pub const UNATTACHED_SUBSCRIPTIONS: &str = "SELECT s.id FROM postbus.destinations s \
+     WHERE s.kind = 'subscription' AND NOT s.durable \
+       AND NOT EXISTS (SELECT 1 FROM postbus.subscription_consumers c WHERE c.subscription_id = s.id)";

@@ -59,6 +59,13 @@ impl Store {
     /// Claims up to `limit` deliverable messages of a queue for `node`: outside groups best
     /// priority first then FIFO, or (`grouped`) grouped messages in sequence order. Returned in
     /// that order.
+    /// Sends the wake-up hint for queue ids `ids` (comma-separated) outside a batch.
+    pub async fn notify(&self, ids: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute(queries::NOTIFY, &[&ids]).await?;
+        Ok(())
+    }
+
     /// Whether a queue has plain messages waiting in the table, unclaimed.
     pub async fn has_ready(&self, queue_id: i32) -> Result<bool, StoreError> {
         let client = self.client().await?;

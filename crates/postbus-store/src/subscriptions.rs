@@ -54,48 +54,87 @@ fn row_to_subscription(r: &Row) -> Result<SubscriptionRow, StoreError> {
 }
 
 impl Store {
-    /// Creates the subscription unless one of that name exists; returns it as it is now, and
-    /// whether this call created it.
+    /// Creates the subscription unless one of that name exists, and records that `node` has
+    /// consumers on it (in one transaction, so no sweep removes it in between). Returns it as
+    /// it is now, and whether this call created it.
     pub async fn ensure_subscription(
         &self,
         spec: &SubscriptionSpec,
+        node: NodeId,
     ) -> Result<(SubscriptionRow, bool), StoreError> {
-        let client = self.client().await?;
         let s = &spec.settings;
         let regex = pattern_regex(&spec.topic_pattern);
-        let node = spec.node_id.map(|n| n.0);
-        let created = client
-            .execute(
-                queries::INSERT_SUBSCRIPTION,
-                &[
-                    &spec.name,
-                    &s.max_deliveries,
-                    &s.redelivery_delay_ms,
-                    &s.redelivery_backoff,
-                    &s.redelivery_max_delay_ms,
-                    &s.dead_letter_queue,
-                    &s.expiry_queue,
-                    &s.dedup_window_ms,
-                    &spec.topic_pattern,
-                    &regex,
-                    &spec.selector,
-                    &spec.durable,
-                    &spec.shared,
-                    &spec.client_id,
-                    &spec.subscription_name,
-                    &node,
-                ],
-            )
-            .await?
-            == 1;
-        drop(client);
-        let row = self.find_subscription(&spec.name).await?.ok_or_else(|| {
-            StoreError::NotFound(format!(
-                "subscription {} vanished while being created",
-                spec.name
-            ))
-        })?;
-        Ok((row, created))
+        let node_id = spec.node_id.map(|n| n.0);
+        let sql = format!(
+            "SELECT {}, {} FROM postbus.destinations WHERE kind = $1 AND name = $2",
+            queries::DESTINATION_COLUMNS,
+            queries::SUBSCRIPTION_COLUMNS
+        );
+        // A concurrent removal (its last consumer left elsewhere just now) makes the attach
+        // fail its foreign key: then the subscription is made anew.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let created = tx
+                .execute(
+                    queries::INSERT_SUBSCRIPTION,
+                    &[
+                        &spec.name,
+                        &s.max_deliveries,
+                        &s.redelivery_delay_ms,
+                        &s.redelivery_backoff,
+                        &s.redelivery_max_delay_ms,
+                        &s.dead_letter_queue,
+                        &s.expiry_queue,
+                        &s.dedup_window_ms,
+                        &spec.topic_pattern,
+                        &regex,
+                        &spec.selector,
+                        &spec.durable,
+                        &spec.shared,
+                        &spec.client_id,
+                        &spec.subscription_name,
+                        &node_id,
+                    ],
+                )
+                .await?
+                == 1;
+            let row = tx
+                .query_opt(&sql, &[&DestinationKind::Subscription.as_str(), &spec.name])
+                .await?;
+            let Some(row) = row else {
+                if attempt < 5 {
+                    continue;
+                }
+                return Err(StoreError::NotFound(format!(
+                    "subscription {} vanished while being created",
+                    spec.name
+                )));
+            };
+            let row = row_to_subscription(&row)?;
+            let attached = tx
+                .execute(
+                    queries::ATTACH_SUBSCRIPTION,
+                    &[&row.destination.id, &node.0],
+                )
+                .await;
+            match attached {
+                Ok(_) => {
+                    tx.commit().await?;
+                    return Ok((row, created));
+                }
+                Err(e)
+                    if attempt < 5
+                        && e.code()
+                            == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The subscription named `name`, if it exists.
@@ -133,33 +172,67 @@ impl Store {
             .collect()
     }
 
-    /// Deletes a subscription with the copies it still holds. False if it was not there.
-    pub async fn delete_subscription(&self, id: i32) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        Ok(client.execute(queries::DELETE_SUBSCRIPTION, &[&id]).await? == 1)
+    /// `node`'s last consumer on the subscription left: forgets that, and removes the
+    /// subscription with its copies if it is not durable and no node has consumers on it any
+    /// more (or always, with `force`: a durable subscription removed by name). Returns whether
+    /// it was removed.
+    pub async fn detach_subscription(
+        &self,
+        id: i32,
+        node: Option<NodeId>,
+        force: bool,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if let Some(node) = node {
+            tx.execute(queries::DETACH_SUBSCRIPTION, &[&id, &node.0])
+                .await?;
+        }
+        // Waits for publishes copying to it; later ones skip it.
+        let Some(row) = tx.query_opt(queries::LOCK_DESTINATION, &[&id]).await? else {
+            tx.commit().await?;
+            return Ok(false);
+        };
+        let durable: bool = row.get(0);
+        let attached: bool = tx
+            .query_one(queries::SUBSCRIPTION_ATTACHED, &[&id])
+            .await?
+            .get(0);
+        if !force && (durable || attached) {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        tx.execute(queries::DELETE_ALL_MESSAGES, &[&id]).await?;
+        tx.execute(queries::DELETE_SUBSCRIPTION, &[&id]).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    /// Deletes the non-durable subscriptions of broker nodes that are gone (they lived with
-    /// that node's connections). Returns their ids.
+    /// Forgets the consumers of broker nodes that are gone and removes the non-durable
+    /// subscriptions nobody consumes from any more. Returns their ids.
     pub async fn remove_gone_node_subscriptions(&self) -> Result<Vec<i32>, StoreError> {
         let client = self.client().await?;
+        client.execute(queries::DETACH_GONE_NODES, &[]).await?;
         let ids: Vec<i32> = client
-            .query(queries::GONE_NODE_SUBSCRIPTIONS, &[])
+            .query(queries::UNATTACHED_SUBSCRIPTIONS, &[])
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
         drop(client);
-        for id in &ids {
-            self.delete_subscription(*id).await?;
+        let mut removed = Vec::new();
+        for id in ids {
+            if self.detach_subscription(id, None, false).await? {
+                removed.push(id);
+            }
         }
-        if !ids.is_empty() {
+        if !removed.is_empty() {
             tracing::info!(
-                count = ids.len(),
-                "removed the non-durable subscriptions of broker nodes that are gone"
+                count = removed.len(),
+                "removed non-durable subscriptions whose consumers' brokers are gone"
             );
         }
-        Ok(ids)
+        Ok(removed)
     }
 
     /// Removes shared bodies that no copy points at any more, written before `older_than`
