@@ -678,6 +678,30 @@ class StompPyInterop(InteropCase):
         seen = [w.next_message(f"wildcard message {i}").body for i in range(20)]
         self.assertEqual(seen, [f"m{i}" for i in range(20)])
 
+    def test_12_request_reply_seat_reservation(self):
+        """The README's request/reply example."""
+        seats = queue_name("seats")
+        service = self.client("service")
+        service.subscribe(seats, "s", "client-individual")
+        client = self.client("client")
+        client.subscribe("/temp-queue/replies", "r", "auto")
+        client.send(seats, "reserve 12A on PB123",
+                    **{"reply-to": "/temp-queue/replies", "correlation-id": "req-1"})
+        req = service.next_message("the request")
+        reply_to = req.headers["reply-to"]
+        self.assertTrue(reply_to.startswith("/temp-queue/tmp."), describe(req))
+        service.send(reply_to, "12A confirmed",
+                     **{"correlation-id": req.headers["correlation-id"]})
+        service.ack(req)
+        reply = client.next_message("the reply")
+        self.assertEqual(reply.body, "12A confirmed")
+        self.assert_header(reply, "correlation-id", "req-1")
+        # Only its connection may consume from it.
+        other = self.client("other")
+        other.conn.subscribe(reply_to, "x", ack="auto")
+        other.rec.wait(lambda: other.rec.errors, "an ERROR frame for someone else's temporary queue")
+        self.assertIn("another connection", other.rec.errors[0].headers.get("message", ""))
+
 
 def main():
     global ADDR

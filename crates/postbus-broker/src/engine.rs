@@ -33,9 +33,14 @@ pub enum EngineError {
     NoSuchTopic(String),
     #[error("{0}")]
     Subscription(String),
+    #[error("{0}")]
+    TempQueue(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Where messages of temporary queues go after too many deliveries.
+const TEMP_QUEUE_DLQ: &str = "DLQ.temp-queues";
 
 struct Inner {
     config: BrokerConfig,
@@ -66,6 +71,8 @@ struct Clients {
 #[derive(Default)]
 struct Queues {
     by_name: HashMap<String, Arc<QueueRuntime>>,
+    /// Temporary queues by their global name.
+    temp_by_name: HashMap<String, Arc<QueueRuntime>>,
     by_id: HashMap<i32, Arc<QueueRuntime>>,
     /// Queues whose dispatcher task runs.
     dispatching: std::collections::HashSet<i32>,
@@ -242,6 +249,7 @@ impl Engine {
         let mut recovered = store.reap_nodes(node, &node_name).await?;
         recovered.extend(store.release_orphans().await?);
         store.remove_gone_node_subscriptions().await?;
+        store.remove_gone_node_temp_queues().await?;
         tracing::info!(node = node.0, name = %node_name, recovered_queues = recovered.len(), "broker node registered");
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let limits = WriterLimits {
@@ -344,6 +352,7 @@ impl Engine {
             .or_insert_with(|| {
                 Arc::new(QueueRuntime::new(
                     row.id,
+                    row.kind,
                     row.name.clone(),
                     row.settings.clone(),
                     self.0.config.dispatch_buffer(),
@@ -449,6 +458,7 @@ impl Engine {
             .or_insert_with(|| {
                 Arc::new(QueueRuntime::new(
                     d.id,
+                    d.kind,
                     d.name.clone(),
                     d.settings.clone(),
                     self.0.config.dispatch_buffer(),
@@ -495,13 +505,74 @@ impl Engine {
         Ok(removed)
     }
 
-    /// Stops a subscription's dispatcher and forgets its runtime.
+    /// Stops a subscription's or temporary queue's dispatcher and forgets its runtime.
     fn forget_runtime(&self, id: i32) {
         let mut queues = self.lock_queues();
         if let Some(q) = queues.by_id.remove(&id) {
             q.close();
+            queues.temp_by_name.remove(&q.name);
         }
         queues.dispatching.remove(&id);
+    }
+
+    /// The global name of connection `conn`'s temporary queue `local`: anyone may send to it
+    /// (it is what a reply-to carries), only that connection may consume from it.
+    pub fn temp_queue_name(&self, conn: u64, local: &str) -> String {
+        format!("tmp.{}.{}.{}", self.0.node.0, conn, local)
+    }
+
+    /// A temporary queue by its global name, created (for this node) if `create`.
+    pub async fn temp_queue(
+        &self,
+        global: &str,
+        create: bool,
+    ) -> Result<Arc<QueueRuntime>, EngineError> {
+        if let Some(q) = self.lock_queues().temp_by_name.get(global) {
+            return Ok(q.clone());
+        }
+        postbus_model::destination::validate_name(global)?;
+        let row = match self
+            .0
+            .store
+            .find_destination(DestinationKind::TempQueue, global)
+            .await?
+        {
+            Some(row) => row,
+            None if create => {
+                self.0
+                    .store
+                    .create_temp_queue(global, self.0.node, TEMP_QUEUE_DLQ)
+                    .await?
+            }
+            None => {
+                return Err(EngineError::TempQueue(format!(
+                    "temporary queue {global} does not exist (the connection that created it is gone)"
+                )));
+            }
+        };
+        let mut queues = self.lock_queues();
+        let q = queues
+            .by_id
+            .entry(row.id)
+            .or_insert_with(|| {
+                Arc::new(QueueRuntime::new(
+                    row.id,
+                    row.kind,
+                    row.name.clone(),
+                    row.settings.clone(),
+                    self.0.config.dispatch_buffer(),
+                ))
+            })
+            .clone();
+        queues.temp_by_name.insert(global.to_owned(), q.clone());
+        Ok(q)
+    }
+
+    /// Deletes a temporary queue with its messages (its connection closed).
+    pub async fn drop_temp_queue(&self, id: i32) -> Result<(), EngineError> {
+        self.forget_runtime(id);
+        self.0.store.delete_destination(id, true).await?;
+        Ok(())
     }
 
     /// Makes sure the queue's dispatcher runs (it is started with the first consumer).
@@ -790,6 +861,9 @@ impl Engine {
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "removing subscriptions of gone nodes failed"),
+            }
+            if let Err(e) = engine.0.store.remove_gone_node_temp_queues().await {
+                tracing::warn!(error = %e, "removing temporary queues of gone nodes failed");
             }
         }));
     }

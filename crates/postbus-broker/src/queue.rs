@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use postbus_model::{QueueSettings, StoredMessage};
+use postbus_model::{DestinationKind, QueueSettings, StoredMessage};
 use tokio::sync::{Notify, mpsc};
 
 use crate::engine::Engine;
@@ -222,6 +222,8 @@ pub enum SettleError {
 /// One queue on this node.
 pub struct QueueRuntime {
     pub id: i32,
+    /// Queue, temporary queue or subscription.
+    pub kind: DestinationKind,
     pub name: String,
     pub settings: QueueSettings,
     buffer: DispatchBuffer,
@@ -240,9 +242,16 @@ pub enum Settled {
 }
 
 impl QueueRuntime {
-    pub fn new(id: i32, name: String, settings: QueueSettings, buffer: DispatchBuffer) -> Self {
+    pub fn new(
+        id: i32,
+        kind: DestinationKind,
+        name: String,
+        settings: QueueSettings,
+        buffer: DispatchBuffer,
+    ) -> Self {
         QueueRuntime {
             id,
+            kind,
             name,
             settings,
             buffer,

@@ -121,6 +121,16 @@ struct Session {
     /// Producer flow control: the queue whose full dispatch buffer holds this connection's
     /// reading back, and until when at most.
     held: Option<(Arc<QueueRuntime>, tokio::time::Instant)>,
+    /// Temporary queues this connection created, by the name it gave them; deleted with it.
+    temp_queues: HashMap<String, Arc<QueueRuntime>>,
+}
+
+/// Splits a temporary queue's global name `tmp.<node>.<connection>.<name>`.
+fn parse_temp_global(name: &str) -> Option<(i64, u64, &str)> {
+    let rest = name.strip_prefix("tmp.")?;
+    let (node, rest) = rest.split_once('.')?;
+    let (conn, local) = rest.split_once('.')?;
+    Some((node.parse().ok()?, conn.parse().ok()?, local))
 }
 
 /// Resolves when the queue holding a producer back has room again (or its time is up).
@@ -233,6 +243,7 @@ where
         events_tx,
         pending: FuturesOrdered::new(),
         held: None,
+        temp_queues: HashMap::new(),
     };
     let max_unconfirmed = engine.config().max_unconfirmed_frames.max(1);
     let read_timeout = want_beat.map(|d| d.mul_f64(engine.config().heartbeat_grace.max(1.0)));
@@ -550,15 +561,45 @@ impl Session {
 
     async fn on_send(&mut self, frame: &Frame) -> Option<End> {
         let receipt = frame.header("receipt").map(str::to_owned);
-        let req = match parse_send(frame, self.user.as_deref(), postbus_model::now_ms()) {
+        let mut req = match parse_send(frame, self.user.as_deref(), postbus_model::now_ms()) {
             Ok(req) => req,
             Err(e) => return Some(End::error(e, receipt.as_deref())),
         };
+        // A reply-to naming one of this connection's temporary queues is rewritten to its
+        // global name, which whoever replies can send to (the queue is made now, so a reply
+        // that comes at once is not lost).
+        if let Some(local) = req
+            .message
+            .reply_to
+            .as_deref()
+            .and_then(|r| r.strip_prefix("/temp-queue/"))
+            .filter(|l| parse_temp_global(l).is_none())
+            .map(str::to_owned)
+        {
+            match self.temp_queue(&local).await {
+                Ok((q, _)) => req.message.reply_to = Some(format!("/temp-queue/{}", q.name)),
+                Err(e) => return Some(End::error(e, receipt.as_deref())),
+            }
+        }
         let (row, queue) = match req.destination.kind {
             DestinationKind::Queue => {
                 let queue = match self.engine.resolve_send_target(&req.destination).await {
                     Ok(q) => q,
                     Err(e) => return Some(End::error(e.to_string(), receipt.as_deref())),
+                };
+                let row = InsertRow {
+                    queue_id: queue.id,
+                    dedup_window_ms: queue.settings.dedup_window_ms,
+                    message: req.message,
+                    pre_claimed: false,
+                    topic: None,
+                };
+                (row, Some(queue))
+            }
+            DestinationKind::TempQueue => {
+                let queue = match self.temp_queue(&req.destination.name).await {
+                    Ok((q, _)) => q,
+                    Err(e) => return Some(End::error(e, receipt.as_deref())),
                 };
                 let row = InsertRow {
                     queue_id: queue.id,
@@ -677,7 +718,7 @@ impl Session {
         };
         if !matches!(
             destination.kind,
-            DestinationKind::Queue | DestinationKind::Topic
+            DestinationKind::Queue | DestinationKind::Topic | DestinationKind::TempQueue
         ) {
             return Some(End::error(
                 format!(
@@ -747,6 +788,20 @@ impl Session {
             match self.engine.subscription(spec).await {
                 Ok(q) => (q, None),
                 Err(e) => return Some(End::error(e.to_string(), r)),
+            }
+        } else if destination.kind == DestinationKind::TempQueue {
+            match self.temp_queue(&destination.name).await {
+                Ok((q, true)) => (q, selector),
+                Ok((q, false)) => {
+                    return Some(End::error(
+                        format!(
+                            "temporary queue {} belongs to another connection: only the connection that created it may consume from it",
+                            q.name
+                        ),
+                        r,
+                    ));
+                }
+                Err(e) => return Some(End::error(e, r)),
             }
         } else {
             match self
@@ -878,7 +933,8 @@ impl Session {
             };
             let engine = self.engine.clone();
             let receipt = r.map(str::to_owned);
-            self.pending.push_back(Box::pin(async move {
+            // Its own task, for the reason given in `remove_consumer`.
+            let removal = tokio::spawn(async move {
                 let mut result = Ok(ok_unit());
                 for full in [
                     format!("durable:{client}:{name}"),
@@ -894,6 +950,14 @@ impl Session {
                         Err(e) => result = Err(WriteError::Failed(e.to_string())),
                     }
                 }
+                result
+            });
+            self.pending.push_back(Box::pin(async move {
+                let result = removal.await.unwrap_or_else(|e| {
+                    Err(WriteError::Failed(format!(
+                        "removing the subscription failed: {e}"
+                    )))
+                });
                 Completion {
                     result,
                     then: Then::Nothing,
@@ -913,7 +977,9 @@ impl Session {
             // is given back), the engine hears it left: a non-durable subscription goes with
             // its last consumer, copies and all.
             let engine = self.engine.clone();
-            self.pending.push_back(Box::pin(async move {
+            // Its own task: leaving takes the engine's subscription lock, which a SUBSCRIBE on
+            // this very session may be waiting for while this session polls nothing else.
+            let leave = tokio::spawn(async move {
                 let patience = Duration::from_millis(engine.config().write_retry_ms.max(1_000));
                 let started = std::time::Instant::now();
                 while !queue.settled() && started.elapsed() < patience {
@@ -922,6 +988,9 @@ impl Session {
                 if let Err(e) = engine.leave_subscription(queue.id).await {
                     tracing::warn!(subscription = %queue.name, error = %e, "leaving a subscription failed");
                 }
+            });
+            self.pending.push_back(Box::pin(async move {
+                let _ = leave.await;
                 Completion {
                     result: Ok(ok_unit()),
                     then: Then::Nothing,
@@ -1337,7 +1406,7 @@ impl Session {
         }
         let frame = message_frame(
             &d.message,
-            &d.queue.name,
+            &d.queue,
             &d.subscription,
             self.version != Version::V1_2,
         );
@@ -1377,6 +1446,37 @@ impl Session {
 
     /// Ends everything the connection holds: open transactions are rolled back (their acked
     /// messages go back), consumers are removed (their in-flight messages go back).
+    /// Resolves `/temp-queue/NAME`: a name this connection gave (created on first use), or
+    /// the global name `tmp.<node>.<connection>.<name>` of any connection's temporary queue.
+    /// Returns the queue and whether it is this connection's.
+    async fn temp_queue(&mut self, name: &str) -> Result<(Arc<QueueRuntime>, bool), String> {
+        let local = match parse_temp_global(name) {
+            Some((node, conn, local)) if node == self.engine.node().0 && conn == self.conn => {
+                local.to_owned()
+            }
+            Some(_) => {
+                let q = self
+                    .engine
+                    .temp_queue(name, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok((q, false));
+            }
+            None => name.to_owned(),
+        };
+        if let Some(q) = self.temp_queues.get(&local) {
+            return Ok((q.clone(), true));
+        }
+        let global = self.engine.temp_queue_name(self.conn, &local);
+        let q = self
+            .engine
+            .temp_queue(&global, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.temp_queues.insert(local, q.clone());
+        Ok((q, true))
+    }
+
     async fn teardown(&mut self) {
         let txs: Vec<Transaction> = self.transactions.drain().map(|(_, t)| t).collect();
         for tx in txs {
@@ -1389,22 +1489,33 @@ impl Session {
         while let Some(done) = self.pending.next().await {
             self.settle_only(done);
         }
+        for (_, q) in self.temp_queues.drain() {
+            if let Err(e) = self.engine.drop_temp_queue(q.id).await {
+                tracing::warn!(queue = %q.name, error = %e, "deleting a temporary queue failed; it is removed when this broker restarts");
+            }
+        }
     }
 }
 
 /// Builds the MESSAGE frame for a delivery (header mapping of docs/stomp.md). `ack_by_id`:
 /// the client acknowledges by `message-id` (STOMP 1.0 and 1.1), so a topic copy's
 /// `message-id` must be the copy's own id rather than the published message's.
-pub fn message_frame(m: &StoredMessage, queue: &str, subscription: &str, ack_by_id: bool) -> Frame {
+pub fn message_frame(
+    m: &StoredMessage,
+    queue: &QueueRuntime,
+    subscription: &str,
+    ack_by_id: bool,
+) -> Frame {
     let ack = m.id.to_string();
     let message_id = if ack_by_id {
         ack.clone()
     } else {
         m.message_id().to_string()
     };
-    let destination = match &m.topic {
-        Some(topic) => format!("/topic/{topic}"),
-        None => format!("/queue/{queue}"),
+    let destination = match (&m.topic, queue.kind) {
+        (Some(topic), _) => format!("/topic/{topic}"),
+        (None, DestinationKind::TempQueue) => format!("/temp-queue/{}", queue.name),
+        (None, _) => format!("/queue/{}", queue.name),
     };
     let mut f = Frame::new(Command::Message)
         .with_header("subscription", subscription)

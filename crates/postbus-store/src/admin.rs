@@ -3,7 +3,7 @@
 use postbus_model::{DestinationKind, QueueSettings};
 use tokio_postgres::Row;
 
-use crate::{Store, StoreError, queries};
+use crate::{NodeId, Store, StoreError, queries};
 
 /// A destination as stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,28 +126,80 @@ impl Store {
         Ok(client.execute(queries::PURGE, &[&queue_id]).await?)
     }
 
-    /// Deletes a destination. Refused while it holds messages unless `force` (which deletes them).
+    /// Creates a temporary queue owned by `node` unless it exists; returns it.
+    pub async fn create_temp_queue(
+        &self,
+        name: &str,
+        node: NodeId,
+        dead_letter_queue: &str,
+    ) -> Result<DestinationRow, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                queries::INSERT_TEMP_QUEUE,
+                &[&name, &node.0, &dead_letter_queue],
+            )
+            .await?;
+        drop(client);
+        self.find_destination(DestinationKind::TempQueue, name)
+            .await?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "temporary queue {name} vanished while being created"
+                ))
+            })
+    }
+
+    /// Deletes the temporary queues of broker nodes that are gone, with their messages.
+    /// Returns their ids.
+    pub async fn remove_gone_node_temp_queues(&self) -> Result<Vec<i32>, StoreError> {
+        let client = self.client().await?;
+        let ids: Vec<i32> = client
+            .query(queries::GONE_NODE_TEMP_QUEUES, &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        drop(client);
+        for id in &ids {
+            self.delete_destination(*id, true).await?;
+        }
+        if !ids.is_empty() {
+            tracing::info!(
+                count = ids.len(),
+                "removed the temporary queues of broker nodes that are gone"
+            );
+        }
+        Ok(ids)
+    }
+
+    /// Deletes a destination. Refused while it holds messages unless `force` (which deletes
+    /// them). Returns how many messages went with it.
     pub async fn delete_destination(&self, queue_id: i32, force: bool) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // Waits for writers holding the row (publishers copying to a subscription).
         tx.query_opt(queries::LOCK_DESTINATION, &[&queue_id])
             .await?;
-        let count: i64 = tx
-            .query_one(queries::COUNT_MESSAGES, &[&queue_id])
-            .await?
-            .get(0);
-        if count > 0 && !force {
-            return Err(StoreError::Conflict(format!(
-                "the destination holds {count} messages: purge it first, or delete with --force"
-            )));
+        if !force {
+            let count: i64 = tx
+                .query_one(queries::COUNT_MESSAGES, &[&queue_id])
+                .await?
+                .get(0);
+            if count > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "the destination holds {count} messages: purge it first, or delete with --force"
+                )));
+            }
         }
-        tx.execute(queries::DELETE_ALL_MESSAGES, &[&queue_id])
+        let deleted = tx
+            .execute(queries::DELETE_ALL_MESSAGES, &[&queue_id])
             .await?;
         tx.execute(queries::DELETE_DESTINATION_DEDUP, &[&queue_id])
             .await?;
         tx.execute(queries::DELETE_DESTINATION, &[&queue_id])
             .await?;
         tx.commit().await?;
-        Ok(count as u64)
+        Ok(deleted)
     }
 }

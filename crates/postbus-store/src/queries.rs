@@ -334,3 +334,13 @@ pub const DETACH_GONE_NODES: &str = "DELETE FROM postbus.subscription_consumers 
 pub const UNATTACHED_SUBSCRIPTIONS: &str = "SELECT s.id FROM postbus.destinations s \
      WHERE s.kind = 'subscription' AND NOT s.durable \
        AND NOT EXISTS (SELECT 1 FROM postbus.subscription_consumers c WHERE c.subscription_id = s.id)";
+
+/// Creates a connection's temporary queue (kind 'temp-queue'), owned by broker node `$2`.
+pub const INSERT_TEMP_QUEUE: &str = "INSERT INTO postbus.destinations (kind, name, dead_letter_queue, \
+        auto_created, node_id) VALUES ('temp-queue', $1, $3, true, $2) \
+     ON CONFLICT (kind, name) DO NOTHING";
+
+/// Temporary queues whose broker node is gone (their connections went with it).
+pub const GONE_NODE_TEMP_QUEUES: &str = "SELECT t.id FROM postbus.destinations t \
+     WHERE t.kind = 'temp-queue' \
+       AND NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = t.node_id)";
