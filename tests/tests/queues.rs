@@ -1210,3 +1210,58 @@ async fn messages_held_by_a_vanished_node_are_taken_back() {
     assert_eq!(body(&m), "held");
     assert_eq!(m.header("redelivered"), Some("true"));
 }
+
+/// A browse (`browse:true`) shows what a queue holds, in delivery order and through a
+/// selector, ends with a `browser:end` marker, and takes nothing: a consumer then receives
+/// every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsing_shows_a_queue_without_taking_anything() {
+    let b = TestBroker::start().await;
+    let mut p = b.client().await;
+    send_all(&mut p, "/queue/look", &["a", "b"], &[]).await;
+    p.send("/queue/look", "urgent", &[("priority", "9"), ("kind", "x")])
+        .await
+        .unwrap();
+    p.send("/queue/look", "grouped", &[("JMSXGroupID", "g")])
+        .await
+        .unwrap();
+    let mut browser = b.client().await;
+    browser
+        .subscribe("/queue/look", "b", "auto", &[("browse", "true")])
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let f = recv(&mut browser).await;
+        if f.header("browser") == Some("end") {
+            assert!(f.body.is_empty());
+            break;
+        }
+        assert_eq!(
+            f.header("ack"),
+            None,
+            "browsed messages are not acknowledged"
+        );
+        seen.push(body(&f));
+    }
+    assert_eq!(seen, ["urgent", "a", "b", "grouped"]);
+
+    // Through a selector.
+    browser
+        .subscribe(
+            "/queue/look",
+            "s",
+            "auto",
+            &[("browse", "true"), ("selector", "kind = 'x'")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(body(&recv(&mut browser).await), "urgent");
+    assert_eq!(recv(&mut browser).await.header("browser"), Some("end"));
+
+    let mut c = b.client().await;
+    c.subscribe("/queue/look", "c", "auto", &[]).await.unwrap();
+    let mut got: Vec<String> = recv_n(&mut c, 4).await.iter().map(body).collect();
+    got.sort();
+    assert_eq!(got, ["a", "b", "grouped", "urgent"]);
+}

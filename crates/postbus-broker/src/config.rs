@@ -70,6 +70,8 @@ pub struct BrokerConfig {
     /// Most frames of one connection whose writes have not finished (sends awaiting their
     /// commit); past it the broker stops reading that connection until some finish.
     pub max_unconfirmed_frames: usize,
+    /// Most messages one browse (SUBSCRIBE with `browse:true`) sends.
+    pub max_browse_messages: usize,
 }
 
 impl Default for BrokerConfig {
@@ -104,6 +106,7 @@ impl Default for BrokerConfig {
             dispatch_buffer_bytes: 8 * 1024 * 1024,
             producer_flow_control_ms: 1_000,
             max_unconfirmed_frames: 1_000,
+            max_browse_messages: 10_000,
         }
     }
 }

@@ -123,6 +123,9 @@ struct Session {
     held: Option<(Arc<QueueRuntime>, tokio::time::Instant)>,
     /// Temporary queues this connection created, by the name it gave them; deleted with it.
     temp_queues: HashMap<String, Arc<QueueRuntime>>,
+    /// Browses under way, by subscription id (UNSUBSCRIBE or the end of the connection stops
+    /// them).
+    browses: HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 /// Splits a temporary queue's global name `tmp.<node>.<connection>.<name>`.
@@ -244,6 +247,7 @@ where
         pending: FuturesOrdered::new(),
         held: None,
         temp_queues: HashMap::new(),
+        browses: HashMap::new(),
     };
     let max_unconfirmed = engine.config().max_unconfirmed_frames.max(1);
     let read_timeout = want_beat.map(|d| d.mul_f64(engine.config().heartbeat_grace.max(1.0)));
@@ -686,7 +690,7 @@ impl Session {
             }
             (None, _) => dest.to_owned(),
         };
-        if self.subs.contains_key(&id) {
+        if self.subs.contains_key(&id) || self.browses.contains_key(&id) {
             return Some(End::error(
                 format!("subscription id {id} is already in use on this connection"),
                 r,
@@ -728,9 +732,11 @@ impl Session {
                 r,
             ));
         }
-        if frame.header("browse").is_some_and(|b| b == "true") {
+        // `browse` (ActiveMQ: `browser`): a non-destructive look at a queue.
+        let browse = frame.header("browse").or_else(|| frame.header("browser")) == Some("true");
+        if browse && destination.kind == DestinationKind::Topic {
             return Some(End::error(
-                "browse subscriptions are not supported by this broker version",
+                "browse applies to queues: a topic holds no messages of its own",
                 r,
             ));
         }
@@ -772,6 +778,21 @@ impl Session {
                 }
             }
         };
+        if browse {
+            let queue = match destination.kind {
+                DestinationKind::TempQueue => match self.temp_queue(&destination.name).await {
+                    Ok((q, _)) => q,
+                    Err(e) => return Some(End::error(e, r)),
+                },
+                _ => match self.engine.queue(&destination.name, false).await {
+                    Ok(q) => q,
+                    Err(e) => return Some(End::error(e.to_string(), r)),
+                },
+            };
+            self.start_browse(id, queue, selector);
+            self.answer(r);
+            return None;
+        }
         let topic = destination.kind == DestinationKind::Topic;
         let (queue, selector) = if topic {
             if exclusive {
@@ -908,6 +929,11 @@ impl Session {
             .filter(|n| !n.is_empty())
             .map(str::to_owned);
         let id = frame.header("id").or_else(|| frame.header("destination"));
+        if let Some(task) = id.and_then(|id| self.browses.remove(id)) {
+            task.abort();
+            self.answer(r);
+            return None;
+        }
         match (id.and_then(|id| self.subs.remove(id)), &durable) {
             (Some(sub), None) => self.remove_consumer(sub, r.map(str::to_owned)),
             (Some(sub), Some(_)) => self.remove_consumer(sub, None),
@@ -1446,6 +1472,87 @@ impl Session {
 
     /// Ends everything the connection holds: open transactions are rolled back (their acked
     /// messages go back), consumers are removed (their in-flight messages go back).
+    /// Sends what a queue holds now, without taking it: its deliverable messages in delivery
+    /// order (ungrouped ones by priority and age, then grouped ones by age) that pass the
+    /// selector, as MESSAGE frames without an `ack` header, then an end marker (a MESSAGE with
+    /// `browser:end` and an empty body, as ActiveMQ sends). At most
+    /// `broker.max_browse_messages`; the end marker says `browse-truncated:true` if it stopped
+    /// there.
+    fn start_browse(
+        &mut self,
+        id: String,
+        queue: Arc<QueueRuntime>,
+        selector: Option<Arc<ConsumerSelector>>,
+    ) {
+        const PAGE: i64 = 200;
+        let engine = self.engine.clone();
+        let out = self.out.clone();
+        let ack_by_id = self.version != Version::V1_2;
+        let limit = engine.config().max_browse_messages;
+        let sub = id.clone();
+        let task = tokio::spawn(async move {
+            let mut sent = 0usize;
+            let mut truncated = false;
+            'kinds: for grouped in [false, true] {
+                let mut after: (i16, i64) = (10, 0);
+                loop {
+                    let filter = selector.as_ref().map(|s| &s.filter);
+                    let page = match engine
+                        .store()
+                        .browse(queue.id, grouped, after, PAGE, filter)
+                        .await
+                    {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = out.send(Out::Frame(error_frame(
+                                &format!("browsing {} failed", queue.name),
+                                &format!("{e}; subscribe again to browse from the start"),
+                                None,
+                            )));
+                            return;
+                        }
+                    };
+                    let n = page.len();
+                    for m in page {
+                        after = (m.priority, m.id.0);
+                        if selector.as_ref().is_some_and(|s| !s.matches(&m)) {
+                            continue;
+                        }
+                        if sent >= limit {
+                            truncated = true;
+                            break 'kinds;
+                        }
+                        let mut f = message_frame(&m, &queue, &sub, ack_by_id);
+                        f.headers.retain(|(k, _)| k != "ack");
+                        f.push_header("browser", "true");
+                        if out.send(Out::Frame(f)).is_err() {
+                            return;
+                        }
+                        sent += 1;
+                    }
+                    if (n as i64) < PAGE {
+                        break;
+                    }
+                }
+            }
+            let prefix = if queue.kind == DestinationKind::TempQueue {
+                "temp-queue"
+            } else {
+                "queue"
+            };
+            let mut end = Frame::new(Command::Message)
+                .with_header("subscription", sub.clone())
+                .with_header("destination", format!("/{prefix}/{}", queue.name))
+                .with_header("message-id", format!("browse-end:{sub}"))
+                .with_header("browser", "end");
+            if truncated {
+                end.push_header("browse-truncated", "true");
+            }
+            let _ = out.send(Out::Frame(end));
+        });
+        self.browses.insert(id, task);
+    }
+
     /// Resolves `/temp-queue/NAME`: a name this connection gave (created on first use), or
     /// the global name `tmp.<node>.<connection>.<name>` of any connection's temporary queue.
     /// Returns the queue and whether it is this connection's.
@@ -1478,6 +1585,9 @@ impl Session {
     }
 
     async fn teardown(&mut self) {
+        for (_, task) in self.browses.drain() {
+            task.abort();
+        }
         let txs: Vec<Transaction> = self.transactions.drain().map(|(_, t)| t).collect();
         for tx in txs {
             self.abort(tx, None).await;

@@ -169,6 +169,36 @@ pub fn claim_selected(filter_sql: &str) -> String {
     )
 }
 
+/// A page of a queue browse: up to `$3` deliverable messages of queue `$1` that pass
+/// `filter_sql` (alias `c`, parameters from `$6`), after position `($4, $5)`: plain ones in
+/// delivery order (priority, then id) after priority `$4` / id `$5`, or grouped ones in id
+/// order after id `$5`. Reads only; nothing is claimed.
+pub fn browse(filter_sql: &str, grouped: bool) -> String {
+    let (kind, after, order) = if grouped {
+        (
+            "c.group_id IS NOT NULL",
+            "c.id > $5 AND $4::smallint IS NOT NULL",
+            "c.id",
+        )
+    } else {
+        (
+            "c.group_id IS NULL",
+            "(c.priority < $4 OR (c.priority = $4 AND c.id > $5))",
+            "c.priority DESC, c.id",
+        )
+    };
+    format!(
+        "SELECT {MESSAGE_COLUMNS} FROM postbus.messages m \
+         WHERE m.id = ANY(ARRAY( \
+               SELECT c.id FROM postbus.messages c \
+               WHERE c.queue_id = $1 AND c.owner IS NULL AND c.ready_at IS NULL AND {kind} \
+                 AND (c.expires_at = 0 OR c.expires_at > $2) AND {after} \
+                 AND ({filter_sql}) \
+               ORDER BY {order} \
+               LIMIT $3))"
+    )
+}
+
 /// Takes (or confirms) a dispatch lease; a row comes back when this node holds it.
 pub const ACQUIRE_LEASE: &str = "INSERT INTO postbus.queue_leases AS l (queue_id, kind, node_id) VALUES ($1, $2, $3) \
      ON CONFLICT (queue_id, kind) DO UPDATE SET node_id = excluded.node_id \

@@ -50,6 +50,39 @@ impl SqlMapping for MessagesMapping {
 pub const FILTER_FIRST_PARAM: usize = 6;
 
 impl Store {
+    /// A page of a browse (see [`queries::browse`]): up to `limit` deliverable messages of a
+    /// queue after `after` (priority, id), plain ones in delivery order or grouped ones in id
+    /// order, that pass `filter` (None: all). Nothing is claimed.
+    pub async fn browse(
+        &self,
+        queue_id: i32,
+        grouped: bool,
+        after: (i16, i64),
+        limit: i64,
+        filter: Option<&SqlFilter>,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let client = self.client().await?;
+        let sql = queries::browse(filter.map_or("true", |f| f.sql.as_str()), grouped);
+        let stmt = client.prepare_cached(&sql).await?;
+        let now = postbus_model::now_ms();
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            vec![&queue_id, &now, &limit, &after.0, &after.1];
+        if let Some(f) = filter {
+            params.extend(f.params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        }
+        let rows = client.query(&stmt, &params).await?;
+        let mut out = rows
+            .iter()
+            .map(row_to_message)
+            .collect::<Result<Vec<_>, _>>()?;
+        if grouped {
+            out.sort_by_key(|m| m.id);
+        } else {
+            out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        }
+        Ok(out)
+    }
+
     /// Claims up to `limit` plain (ungrouped) messages of a queue that pass `filter` (built with
     /// [`MessagesMapping`] and parameters from [`FILTER_FIRST_PARAM`]), skipping `exclude` (ids
     /// this consumer's selector already rejected), best priority first, then FIFO.
