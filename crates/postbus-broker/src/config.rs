@@ -93,7 +93,7 @@ impl Default for BrokerConfig {
             heartbeat_ms: 10_000,
             heartbeat_grace: 2.0,
             connect_timeout_ms: 10_000,
-            writers: 4,
+            writers: 2,
             max_batch_units: 1_000,
             max_batch_bytes: 16 * 1024 * 1024,
             write_retry_ms: 10_000,

@@ -77,9 +77,17 @@ impl Store {
         pg.keepalives_idle(Duration::from_secs(10));
         // JIT compilation costs more than it saves on the broker's short statements, and its
         // cost estimates once made a claim plan pay it on every execution.
+        //
+        // No sequential scans where an index can do: the broker's statements are prepared
+        // once, and PostgreSQL keeps a generic plan made when the queue table was small. Such
+        // a plan scanned the whole table for every ack batch (even an empty one) once the
+        // table had grown: measured, 0.1 ms per batch at start, 13 ms per batch under a
+        // backlog, and throughput halved from one run to the next depending on which plan
+        // was cached. Every statement of the broker's has an index path.
+        const SESSION: &str = "-c jit=off -c enable_seqscan=off";
         let options = match pg.get_options() {
-            Some(o) if !o.is_empty() => format!("{o} -c jit=off"),
-            _ => "-c jit=off".to_owned(),
+            Some(o) if !o.is_empty() => format!("{o} {SESSION}"),
+            _ => SESSION.to_owned(),
         };
         pg.options(&options);
         if pg.get_application_name().is_none() {
