@@ -16,7 +16,8 @@ secs="${1:-15}"
 brokers="${2:-postbus rabbitmq activemq pg}"
 OUT="${OUT:-/tmp/postbus-compare.jsonl}"
 : >"$OUT"
-RABBIT_PORT=61623
+# RabbitMQ's STOMP plugin listens on its default port.
+RABBIT_PORT=61613
 AMQ_PORT=61633
 
 . ops/scripts/lib.sh
@@ -110,45 +111,43 @@ run_rabbitmq() {
     rabbitmq-server -detached; started=1
     for _ in $(seq 60); do rabbitmqctl status >/dev/null 2>&1 && break; sleep 1; done
   fi
-  rabbitmqctl eval "application:set_env(rabbitmq_stomp, tcp_listeners, [{\"127.0.0.1\", $RABBIT_PORT}])." >/dev/null
   local had_plugin=1
   rabbitmq-plugins list -e 2>/dev/null | grep -q rabbitmq_stomp || had_plugin=0
   rabbitmq-plugins enable rabbitmq_stomp >/dev/null
   for _ in $(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/$RABBIT_PORT) 2>/dev/null && break; sleep 1; done
   pids_rabbit() { pgrep -f beam.smp || true; }
-  workloads rabbitmq "127.0.0.1:$RABBIT_PORT" pids_rabbit --login guest --passcode guest
+  workloads rabbitmq "127.0.0.1:$RABBIT_PORT" pids_rabbit --login guest --passcode guest --vhost /
   [ "$had_plugin" = 1 ] || rabbitmq-plugins disable rabbitmq_stomp >/dev/null || true
   [ "$started" = 0 ] || rabbitmqctl stop >/dev/null || true
 }
 
 run_activemq() {
-  if [ ! -d /usr/share/activemq ]; then
+  if [ ! -x /usr/bin/activemq ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq activemq >/dev/null
   fi
-  local base conf
-  base=$(mktemp -d /tmp/activemq-compare.XXXXXX)
-  cp -r /etc/activemq/instances-available/main "$base/conf"
-  conf="$base/conf/activemq.xml"
-  # A STOMP transport on our port; KahaDB with journal syncs on (the default).
-  python3 - "$conf" "$AMQ_PORT" <<'PY'
-import re, sys
+  # An instance of our own in Debian's layout: the stock configuration (KahaDB, journal disk
+  # syncs on) plus a STOMP transport on our port.
+  local inst=postbus-bench
+  local conf=/etc/activemq/instances-available/$inst
+  rm -rf "$conf" && mkdir -p "$conf"
+  cp /etc/activemq/instances-available/main/* "$conf/"
+  python3 - "$conf/activemq.xml" "$AMQ_PORT" <<'PY'
+import sys
 path, port = sys.argv[1], sys.argv[2]
 x = open(path).read()
-stomp = f'<transportConnector name="stomp" uri="stomp://127.0.0.1:{port}?transport.closeAsync=false"/>'
-if "<transportConnectors>" in x:
-    x = x.replace("<transportConnectors>", "<transportConnectors>\n            " + stomp, 1)
-else:
-    x = x.replace("</broker>", f"<transportConnectors>{stomp}</transportConnectors>\n</broker>", 1)
+stomp = f'<transportConnector name="stomp" uri="stomp://127.0.0.1:{port}"/>'
+x = x.replace("<transportConnectors>", "<transportConnectors>\n            " + stomp, 1)
 open(path, "w").write(x)
 PY
-  chown -R activemq "$base" 2>/dev/null || true
-  ACTIVEMQ_BASE="$base" ACTIVEMQ_CONF="$base/conf" ACTIVEMQ_DATA="$base/data" ACTIVEMQ_TMP="$base/tmp" \
-    runuser -u activemq -- /usr/share/activemq/bin/activemq start xbean:file:"$conf" >"$base/start.log" 2>&1 || true
+  ln -sfn "../instances-available/$inst" "/etc/activemq/instances-enabled/$inst"
+  rm -rf "/var/lib/activemq/$inst" && mkdir -p "/var/lib/activemq/$inst" && chown -R activemq "/var/lib/activemq/$inst"
+  /etc/init.d/activemq start >/dev/null 2>&1 || true
   for _ in $(seq 120); do (exec 3<>/dev/tcp/127.0.0.1/$AMQ_PORT) 2>/dev/null && break; sleep 1; done
-  pids_amq() { pgrep -f "activemq.*$base" || pgrep -f activemq.jar || true; }
+  pids_amq() { pgrep -u activemq java || true; }
   workloads activemq "127.0.0.1:$AMQ_PORT" pids_amq
-  pkill -f "activemq.*$base" || true
-  rm -rf "$base"
+  /etc/init.d/activemq stop >/dev/null 2>&1 || true
+  rm -f "/etc/activemq/instances-enabled/$inst"
+  rm -rf "$conf" "/var/lib/activemq/$inst"
 }
 
 # The raw PostgreSQL limit: what postbus does per message when consumers keep up, done

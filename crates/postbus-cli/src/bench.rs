@@ -26,6 +26,9 @@ pub struct BenchArgs {
     pub login: Option<String>,
     #[arg(long)]
     pub passcode: Option<String>,
+    /// The CONNECT `host` header (RabbitMQ reads it as the virtual host: use `/`).
+    #[arg(long = "vhost")]
+    pub vhost: Option<String>,
     /// Destination (default: a fresh queue per run).
     #[arg(long)]
     pub destination: Option<String>,
@@ -125,6 +128,7 @@ pub async fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let opts = ConnectOptions {
         login: a.login.clone(),
         passcode: a.passcode.clone(),
+        host: a.vhost.clone(),
         ..Default::default()
     };
     let shared = Arc::new(Mutex::new(Shared {
