@@ -264,46 +264,35 @@ impl QueueRuntime {
         }
     }
 
-    /// True while this queue's producers should be held back (producer flow control), because
-    /// its consumers or its dispatcher are behind:
-    /// - dispatching from memory, the dispatch buffer is full: more fresh messages would
-    ///   spill into the table, and every one of them would then cost a claim UPDATE;
-    /// - serving a backlog from the table, consumers wait with unused credit: the dispatcher's
-    ///   claims are the bottleneck, and new sends only lengthen the backlog they compete with.
-    ///
-    /// A queue without consumers never holds producers back: its messages wait in the table.
+    /// True while this queue's producers should be held back (producer flow control): the
+    /// queue dispatches from memory and its dispatch buffer is full, so its consumers are
+    /// behind; more fresh messages would spill into the table, and each would then cost a
+    /// claim UPDATE. A queue serving a backlog from the table, or without consumers, never
+    /// holds producers back. (Holding them while a backlog drained was tried: it stalled
+    /// producers for up to a poll interval whenever a claim could not prove the table empty,
+    /// and tail latency at 5,000 msgs/s went from 1.7 to 7 ms at p50.)
     pub fn is_full(&self) -> bool {
         let st = self.lock();
-        if st.closed || st.consumers.is_empty() || self.is_exclusive(&st) {
+        if !st.drained || st.closed || st.consumers.is_empty() || self.is_exclusive(&st) {
             return false;
         }
-        let credit = st.plain_credit();
-        if st.drained {
-            let (count, bytes) = st.held();
-            count >= credit + self.buffer.messages || bytes >= self.buffer.bytes
-        } else {
-            st.pending.len() < credit
-        }
+        let (count, bytes) = st.held();
+        count >= st.plain_credit() + self.buffer.messages || bytes >= self.buffer.bytes
     }
 
-    /// Room again (see [`QueueRuntime::is_full`]): the buffer is below half, the consumers are
-    /// fed, or the queue is drained of its backlog.
+    /// Room again (see [`QueueRuntime::is_full`]): the buffer is below half, or the queue no
+    /// longer dispatches from memory.
     pub fn has_room(&self) -> bool {
         let st = self.lock();
         self.has_room_locked(&st)
     }
 
     fn has_room_locked(&self, st: &QueueState) -> bool {
-        if st.closed || st.consumers.is_empty() || self.is_exclusive(st) {
+        if !st.drained || st.closed || st.consumers.is_empty() || self.is_exclusive(st) {
             return true;
         }
-        let credit = st.plain_credit();
-        if st.drained {
-            let (count, bytes) = st.held();
-            count < credit + self.buffer.messages / 2 && bytes < self.buffer.bytes / 2
-        } else {
-            st.pending.len() >= credit
-        }
+        let (count, bytes) = st.held();
+        count < st.plain_credit() + self.buffer.messages / 2 && bytes < self.buffer.bytes / 2
     }
 
     /// Wakes held producers if there is room (called after anything that frees some).
