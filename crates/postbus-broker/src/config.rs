@@ -98,7 +98,7 @@ impl Default for BrokerConfig {
             max_batch_bytes: 16 * 1024 * 1024,
             write_retry_ms: 10_000,
             claim_batch: 500,
-            poll_interval_ms: 500,
+            poll_interval_ms: 2_000,
             transaction_record_ms: 24 * 3600 * 1000,
             max_selector_bytes: 4096,
             max_selector_depth: 64,
