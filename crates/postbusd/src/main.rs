@@ -116,6 +116,11 @@ fn start_dev_cluster(dir: &std::path::Path) -> anyhow::Result<postbus_pgctl::Clu
             ("max_wal_size".into(), "4GB".into()),
             ("checkpoint_timeout".into(), "15min".into()),
             ("shared_buffers".into(), "1GB".into()),
+            // Autovacuum looks at tables once a minute by default: a busy queue table then
+            // piles up a minute of dead rows (700,000 at 12,000 msgs/s), grows past a
+            // gigabyte and stalls for seconds while vacuum and checkpoints catch up (measured
+            // with ops/bench/soak.sh). Every 5 s keeps it small.
+            ("autovacuum_naptime".into(), "5s".into()),
             (
                 "shared_preload_libraries".into(),
                 "pg_stat_statements".into(),
