@@ -185,6 +185,20 @@ pub async fn fresh_store() -> (String, Store) {
 }
 
 /// Broker settings suited to tests: quick polls and short leases.
+/// A frame's body as text (tests' messages are text).
+pub fn body(f: &postbus_stomp::Frame) -> String {
+    String::from_utf8_lossy(&f.body).into_owned()
+}
+
+/// The single number a `SELECT count(*) ...` returns.
+pub async fn count(url: &str, query: &str) -> i64 {
+    sql(url, query).await[0][0]
+        .as_deref()
+        .expect("a count")
+        .parse()
+        .expect("a number")
+}
+
 pub fn test_config() -> BrokerConfig {
     BrokerConfig {
         heartbeat_ms: 0,

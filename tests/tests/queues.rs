@@ -6,14 +6,10 @@ use std::time::Duration;
 use postbus_client::{Client, ConnectOptions, send_frame};
 use postbus_model::QueueSettings;
 use postbus_stomp::{Command, Frame};
-use postbus_tests::{TestBroker, test_config};
+use postbus_tests::{TestBroker, body, test_config};
 
 const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(400);
-
-fn body(f: &Frame) -> String {
-    String::from_utf8_lossy(&f.body).into_owned()
-}
 
 async fn recv(c: &mut Client) -> Frame {
     c.recv_timeout(WAIT)

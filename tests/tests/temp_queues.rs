@@ -5,13 +5,9 @@ use std::time::Duration;
 
 use postbus_client::Client;
 use postbus_stomp::Frame;
-use postbus_tests::TestBroker;
+use postbus_tests::{TestBroker, body};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn body(f: &Frame) -> String {
-    String::from_utf8_lossy(&f.body).into_owned()
-}
 
 async fn recv(c: &mut Client) -> Frame {
     c.recv_timeout(WAIT)
@@ -20,12 +16,8 @@ async fn recv(c: &mut Client) -> Frame {
         .expect("a message within 10 s")
 }
 
-async fn count(b: &TestBroker, sql: &str) -> i64 {
-    postbus_tests::sql(&b.url, sql).await[0][0]
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap()
+async fn count(b: &TestBroker, query: &str) -> i64 {
+    postbus_tests::count(&b.url, query).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,14 +6,10 @@ use std::time::Duration;
 
 use postbus_client::{Client, ConnectOptions, send_frame};
 use postbus_stomp::{Command, Frame};
-use postbus_tests::TestBroker;
+use postbus_tests::{TestBroker, body};
 
 const WAIT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(400);
-
-fn body(f: &Frame) -> String {
-    String::from_utf8_lossy(&f.body).into_owned()
-}
 
 async fn recv(c: &mut Client) -> Frame {
     c.recv_timeout(WAIT)
@@ -44,12 +40,8 @@ async fn with_client_id(b: &TestBroker, id: &str) -> Client {
     .await
 }
 
-async fn count(b: &TestBroker, sql: &str) -> i64 {
-    postbus_tests::sql(&b.url, sql).await[0][0]
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap()
+async fn count(b: &TestBroker, query: &str) -> i64 {
+    postbus_tests::count(&b.url, query).await
 }
 
 /// Pipelines `n` SENDs and waits for the receipt of the last one (all are committed then).

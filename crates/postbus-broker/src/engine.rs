@@ -345,21 +345,10 @@ impl Engine {
             }
             None => return Err(EngineError::NoSuchQueue(name.to_owned())),
         };
-        let mut queues = self.lock_queues();
-        let q = queues
+        let q = self.runtime(&row);
+        self.lock_queues()
             .by_name
-            .entry(name.to_owned())
-            .or_insert_with(|| {
-                Arc::new(QueueRuntime::new(
-                    row.id,
-                    row.kind,
-                    row.name.clone(),
-                    row.settings.clone(),
-                    self.0.config.dispatch_buffer(),
-                ))
-            })
-            .clone();
-        queues.by_id.insert(q.id, q.clone());
+            .insert(name.to_owned(), q.clone());
         Ok(q)
     }
 
@@ -449,23 +438,8 @@ impl Engine {
                 .await?;
             row = self.0.store.ensure_subscription(&spec, node).await?.0;
         }
-        let d = row.destination;
-        *subscribers.entry(d.id).or_default() += 1;
-        let mut queues = self.lock_queues();
-        let q = queues
-            .by_id
-            .entry(d.id)
-            .or_insert_with(|| {
-                Arc::new(QueueRuntime::new(
-                    d.id,
-                    d.kind,
-                    d.name.clone(),
-                    d.settings.clone(),
-                    self.0.config.dispatch_buffer(),
-                ))
-            })
-            .clone();
-        Ok(q)
+        *subscribers.entry(row.destination.id).or_default() += 1;
+        Ok(self.runtime(&row.destination))
     }
 
     /// A consumer left a subscription. When it was this node's last one, the node detaches,
@@ -550,8 +524,24 @@ impl Engine {
                 )));
             }
         };
-        let mut queues = self.lock_queues();
-        let q = queues
+        let q = self.runtime(&row);
+        self.lock_queues()
+            .temp_by_name
+            .insert(global.to_owned(), q.clone());
+        Ok(q)
+    }
+
+    /// Deletes a temporary queue with its messages (its connection closed).
+    pub async fn drop_temp_queue(&self, id: i32) -> Result<(), EngineError> {
+        self.forget_runtime(id);
+        self.0.store.delete_destination(id, true).await?;
+        Ok(())
+    }
+
+    /// The runtime of a destination (queue, temporary queue or subscription), made on first
+    /// use and kept by id.
+    fn runtime(&self, row: &DestinationRow) -> Arc<QueueRuntime> {
+        self.lock_queues()
             .by_id
             .entry(row.id)
             .or_insert_with(|| {
@@ -563,16 +553,7 @@ impl Engine {
                     self.0.config.dispatch_buffer(),
                 ))
             })
-            .clone();
-        queues.temp_by_name.insert(global.to_owned(), q.clone());
-        Ok(q)
-    }
-
-    /// Deletes a temporary queue with its messages (its connection closed).
-    pub async fn drop_temp_queue(&self, id: i32) -> Result<(), EngineError> {
-        self.forget_runtime(id);
-        self.0.store.delete_destination(id, true).await?;
-        Ok(())
+            .clone()
     }
 
     /// Makes sure the queue's dispatcher runs (it is started with the first consumer).

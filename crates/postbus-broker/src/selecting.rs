@@ -1,9 +1,10 @@
 //! A consumer's JMS selector: the parsed expression for the exact decision, and its SQL
-//! translation that narrows the claim. Also the view of a stored message the evaluator reads.
+//! translation that narrows the claim (the evaluator reads messages through the store's
+//! `SelectorView`, shared with topic fan-out).
 
-use postbus_model::{PropertyValue, StoredMessage};
-use postbus_selector::{HeaderField, MessageView, ParseLimits, Selector, SqlFilter, Value};
-use postbus_store::{FILTER_FIRST_PARAM, MessagesMapping};
+use postbus_model::StoredMessage;
+use postbus_selector::{ParseLimits, Selector, SqlFilter};
+use postbus_store::{FILTER_FIRST_PARAM, MessagesMapping, SelectorView};
 
 /// A subscription's selector, ready for claims.
 pub struct ConsumerSelector {
@@ -26,51 +27,6 @@ impl ConsumerSelector {
 
     /// The exact decision.
     pub fn matches(&self, m: &StoredMessage) -> bool {
-        self.selector.matches(&View(m))
-    }
-}
-
-/// A stored message as the selector evaluator sees it.
-struct View<'a>(&'a StoredMessage);
-
-impl MessageView for View<'_> {
-    fn property(&self, name: &str) -> Option<Value> {
-        let m = self.0;
-        match name {
-            "JMSXGroupID" => return m.group_id.clone().map(Value::String),
-            "JMSXGroupSeq" => return m.group_seq.map(Value::Int),
-            "JMSXUserID" => return m.user_id.clone().map(Value::String),
-            "JMSXDeliveryCount" => return Some(Value::Int(m.delivery_count + 1)),
-            _ => {}
-        }
-        Some(match m.properties.get(name)? {
-            PropertyValue::String(s) => Value::String(s.clone()),
-            PropertyValue::Boolean(b) => Value::Bool(*b),
-            PropertyValue::Byte(v) => Value::Byte(*v),
-            PropertyValue::Short(v) => Value::Short(*v),
-            PropertyValue::Int(v) => Value::Int(*v),
-            PropertyValue::Long(v) => Value::Long(*v),
-            PropertyValue::Float(v) => Value::Float(*v),
-            PropertyValue::Double(v) => Value::Double(*v),
-        })
-    }
-
-    fn header(&self, h: HeaderField) -> Option<Value> {
-        let m = self.0;
-        match h {
-            HeaderField::JMSDeliveryMode => Some(Value::String(
-                if m.persistent {
-                    "PERSISTENT"
-                } else {
-                    "NON_PERSISTENT"
-                }
-                .into(),
-            )),
-            HeaderField::JMSPriority => Some(Value::Int(m.priority as i32)),
-            HeaderField::JMSMessageID => Some(Value::String(m.message_id().to_string())),
-            HeaderField::JMSTimestamp => Some(Value::Long(m.sent_at)),
-            HeaderField::JMSCorrelationID => m.correlation_id.clone().map(Value::String),
-            HeaderField::JMSType => m.jms_type.clone().map(Value::String),
-        }
+        self.selector.matches(&SelectorView::of_stored(m))
     }
 }

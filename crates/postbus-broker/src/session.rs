@@ -586,23 +586,17 @@ impl Session {
             }
         }
         let (row, queue) = match req.destination.kind {
-            DestinationKind::Queue => {
-                let queue = match self.engine.resolve_send_target(&req.destination).await {
+            kind @ (DestinationKind::Queue | DestinationKind::TempQueue) => {
+                let resolved = if kind == DestinationKind::Queue {
+                    self.engine
+                        .resolve_send_target(&req.destination)
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    self.temp_queue(&req.destination.name).await.map(|(q, _)| q)
+                };
+                let queue = match resolved {
                     Ok(q) => q,
-                    Err(e) => return Some(End::error(e.to_string(), receipt.as_deref())),
-                };
-                let row = InsertRow {
-                    queue_id: queue.id,
-                    dedup_window_ms: queue.settings.dedup_window_ms,
-                    message: req.message,
-                    pre_claimed: false,
-                    topic: None,
-                };
-                (row, Some(queue))
-            }
-            DestinationKind::TempQueue => {
-                let queue = match self.temp_queue(&req.destination.name).await {
-                    Ok((q, _)) => q,
                     Err(e) => return Some(End::error(e, receipt.as_deref())),
                 };
                 let row = InsertRow {

@@ -6,6 +6,24 @@ use tokio_postgres::Row;
 use crate::{NodeId, Store, StoreError, queries};
 
 /// Builds a delivered message from a row selected with [`queries::MESSAGE_COLUMNS`].
+/// Messages from rows selected with [`queries::MESSAGE_COLUMNS`], in delivery order: grouped
+/// ones by id (sequence order), plain ones best priority first, then FIFO.
+pub(crate) fn rows_in_delivery_order(
+    rows: &[Row],
+    grouped: bool,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let mut out = rows
+        .iter()
+        .map(row_to_message)
+        .collect::<Result<Vec<_>, _>>()?;
+    if grouped {
+        out.sort_by_key(|m| m.id);
+    } else {
+        out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+    }
+    Ok(out)
+}
+
 pub(crate) fn row_to_message(row: &Row) -> Result<StoredMessage, StoreError> {
     let props: Option<serde_json::Value> = row.get(16);
     let types: Option<serde_json::Value> = row.get(17);
@@ -93,17 +111,8 @@ impl Store {
         let rows = client
             .query(&stmt, &[&node.0, &queue_id, &limit, &now])
             .await?;
-        let mut out = rows
-            .iter()
-            .map(row_to_message)
-            .collect::<Result<Vec<_>, _>>()?;
-        // RETURNING order is not guaranteed: restore priority-then-FIFO order.
-        if grouped {
-            out.sort_by_key(|m| m.id);
-        } else {
-            out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-        }
-        Ok(out)
+        // RETURNING order is not guaranteed: restore delivery order.
+        rows_in_delivery_order(&rows, grouped)
     }
 
     /// Takes or confirms a dispatch lease (`kind` is "groups" or "exclusive"); true when this

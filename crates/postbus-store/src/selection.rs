@@ -6,7 +6,7 @@ use postbus_model::StoredMessage;
 use postbus_selector::{HeaderField, SqlFilter, SqlMapping, SqlType};
 use tokio_postgres::types::ToSql;
 
-use crate::read::row_to_message;
+use crate::read::rows_in_delivery_order;
 use crate::{NodeId, Store, StoreError, queries};
 
 /// Where the selector's header fields and JMSX properties live in `postbus.messages` (aliased
@@ -71,16 +71,7 @@ impl Store {
             params.extend(f.params.iter().map(|p| p as &(dyn ToSql + Sync)));
         }
         let rows = client.query(&stmt, &params).await?;
-        let mut out = rows
-            .iter()
-            .map(row_to_message)
-            .collect::<Result<Vec<_>, _>>()?;
-        if grouped {
-            out.sort_by_key(|m| m.id);
-        } else {
-            out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-        }
-        Ok(out)
+        rows_in_delivery_order(&rows, grouped)
     }
 
     /// Claims up to `limit` plain (ungrouped) messages of a queue that pass `filter` (built with
@@ -102,11 +93,6 @@ impl Store {
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&node.0, &queue_id, &limit, &now, &exclude];
         params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
         let rows = client.query(&stmt, &params).await?;
-        let mut out = rows
-            .iter()
-            .map(row_to_message)
-            .collect::<Result<Vec<_>, _>>()?;
-        out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-        Ok(out)
+        rows_in_delivery_order(&rows, false)
     }
 }
