@@ -58,6 +58,11 @@ struct Inner {
     subscribers: tokio::sync::Mutex<HashMap<i32, usize>>,
     next_id: AtomicU64,
     clients: Mutex<Clients>,
+    /// Receivers outside sessions (HTTP long polls) waiting for messages, by queue id.
+    receivers: Mutex<HashMap<i32, Arc<tokio::sync::Notify>>>,
+    /// Topics whose SQL publications are being copied now, and whether another wake-up came
+    /// meanwhile (then the copy runs again).
+    fanning_out: Mutex<HashMap<i32, bool>>,
 }
 
 #[derive(Default)]
@@ -184,6 +189,12 @@ impl CommitObserver for WakeOnCommit {
             }
             queue.wake();
         }
+        let receivers = lock(&engine.0.receivers);
+        for id in &touched {
+            if let Some(n) = receivers.get(id) {
+                n.notify_waiters();
+            }
+        }
     }
 
     fn not_committed(&self, units: &[Unit]) {
@@ -275,6 +286,8 @@ impl Engine {
                 subscribers: tokio::sync::Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 clients: Mutex::new(Clients::default()),
+                receivers: Mutex::new(HashMap::new()),
+                fanning_out: Mutex::new(HashMap::new()),
             }
         });
         let engine = Engine(inner);
@@ -778,6 +791,25 @@ impl Engine {
                 }
             },
         ));
+        // SQL and HTTP receivers' leases that ran out, and topic publications sent through SQL
+        // whose wake-up was missed (the listener reconnecting, a broker starting).
+        tokio::spawn(periodic(
+            weak.clone(),
+            Duration::from_secs(1),
+            |engine| async move {
+                if let Err(e) = engine.0.store.expire_leases().await {
+                    tracing::warn!(error = %e, "expiring SQL leases failed");
+                }
+                match engine.0.store.pending_publications().await {
+                    Ok(topics) => {
+                        for t in topics {
+                            engine.fan_out_publications(t);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "looking for SQL publications failed"),
+                }
+            },
+        ));
         // Shared topic bodies no copy points at any more.
         tokio::spawn(periodic(
             weak.clone(),
@@ -852,13 +884,59 @@ impl Engine {
     /// Wakes queues that got messages in the table (from another broker, the scheduler or
     /// recovery): they claim before fresh messages may skip the table again.
     fn wake_queues(&self, ids: &[i32]) {
-        let queues = self.lock_queues();
-        for id in ids {
-            if let Some(q) = queues.by_id.get(id) {
-                q.mark_backlog();
-                q.wake();
+        {
+            let queues = self.lock_queues();
+            for id in ids {
+                if let Some(q) = queues.by_id.get(id) {
+                    q.mark_backlog();
+                    q.wake();
+                }
             }
         }
+        let receivers = lock(&self.0.receivers);
+        for id in ids {
+            if let Some(n) = receivers.get(id) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// What a receiver outside a session (an HTTP long poll) waits on for messages in queue
+    /// `queue_id`: notified on every wake-up of that queue (local commits, other brokers' and
+    /// SQL callers' NOTIFY, the scheduler, recovery).
+    pub fn messages_signal(&self, queue_id: i32) -> Arc<tokio::sync::Notify> {
+        lock(&self.0.receivers)
+            .entry(queue_id)
+            .or_insert_with(|| Arc::new(tokio::sync::Notify::new()))
+            .clone()
+    }
+
+    /// Copies topic `topic_id`'s publications sent through SQL to its subscriptions, in a
+    /// task; a wake-up that comes while one runs makes it run once more.
+    fn fan_out_publications(&self, topic_id: i32) {
+        {
+            let mut running = lock(&self.0.fanning_out);
+            if let Some(again) = running.get_mut(&topic_id) {
+                *again = true;
+                return;
+            }
+            running.insert(topic_id, false);
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = engine.0.store.fan_out_publications(topic_id).await {
+                    tracing::warn!(topic = topic_id, error = %e, "copying SQL publications to subscriptions failed; retrying within a second");
+                }
+                let mut running = lock(&engine.0.fanning_out);
+                if running.get(&topic_id) == Some(&true) {
+                    running.insert(topic_id, false);
+                    continue;
+                }
+                running.remove(&topic_id);
+                return;
+            }
+        });
     }
 
     /// A clean shutdown: in-flight messages go back to their queues at once.
@@ -901,14 +979,27 @@ async fn listen_for_wakeups(weak: Weak<Inner>) {
         {
             while let Some(payload) = rx.recv().await {
                 let Some(inner) = weak.upgrade() else { return };
-                let ids: Vec<i32> = payload.split(',').filter_map(|s| s.parse().ok()).collect();
-                Engine(inner).wake_queues(&ids);
+                // Queue ids, and 't<id>' for a topic with publications sent through SQL.
+                let engine = Engine(inner);
+                let mut ids = Vec::new();
+                for part in payload.split(',') {
+                    if let Some(topic) = part.strip_prefix('t').and_then(|t| t.parse().ok()) {
+                        engine.fan_out_publications(topic);
+                    } else if let Ok(id) = part.parse() {
+                        ids.push(id);
+                    }
+                }
+                engine.wake_queues(&ids);
             }
         }
         driver.abort();
         drop(client);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Queues named `DLQ.*` are dead-letter queues: their messages are never dead-lettered again.

@@ -843,3 +843,99 @@ async fn insert_messages(
     client.execute(&stmt, &params).await?;
     Ok(())
 }
+
+impl Store {
+    /// Copies the publications sent to topic `topic_id` through SQL (schema V5) to the
+    /// subscriptions that match them, as the broker's own publishes are, and removes them:
+    /// one transaction per 500, oldest first, under a per-topic lock so two brokers never
+    /// interleave. Returns how many were copied (0 if another broker is at it).
+    pub async fn fan_out_publications(&self, topic_id: i32) -> Result<usize, StoreError> {
+        const PAGE: i64 = 500;
+        let mut total = 0;
+        loop {
+            let client = self.client().await?;
+            client.batch_execute("BEGIN").await?;
+            let result = self.fan_out_page(&client, topic_id, PAGE).await;
+            match result {
+                Ok(n) => {
+                    client.batch_execute("COMMIT").await?;
+                    total += n;
+                    if n < PAGE as usize {
+                        return Ok(total);
+                    }
+                }
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn fan_out_page(
+        &self,
+        client: &deadpool_postgres::Client,
+        topic_id: i32,
+        page: i64,
+    ) -> Result<usize, StoreError> {
+        let locked: bool = client
+            .query_one(queries::LOCK_PUBLICATIONS, &[&topic_id])
+            .await?
+            .get(0);
+        if !locked {
+            return Ok(0);
+        }
+        let stmt = client.prepare_cached(queries::PUBLICATIONS).await?;
+        let rows = client.query(&stmt, &[&topic_id, &page]).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut inserts = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let m = crate::read::row_to_message(row)?;
+            ids.push(m.id.0);
+            inserts.push(InsertRow {
+                queue_id: topic_id,
+                dedup_window_ms: 0,
+                pre_claimed: false,
+                topic: m.topic.clone(),
+                message: NewMessage {
+                    body: m.body,
+                    content_type: m.content_type,
+                    persistent: m.persistent,
+                    priority: m.priority,
+                    sent_at: m.sent_at,
+                    expires_at: m.expires_at,
+                    deliver_at: row.get(24),
+                    correlation_id: m.correlation_id,
+                    reply_to: m.reply_to,
+                    jms_type: m.jms_type,
+                    group_id: m.group_id,
+                    group_seq: m.group_seq,
+                    user_id: m.user_id,
+                    dedup_id: None,
+                    traceparent: m.traceparent,
+                    tracestate: m.tracestate,
+                    properties: m.properties,
+                },
+            });
+        }
+        let indexed: Vec<(usize, &InsertRow)> = inserts.iter().map(|r| (0, r)).collect();
+        let all: Vec<usize> = (0..indexed.len()).collect();
+        let fanned = self.fan_out(client, &indexed, &ids, &all).await?;
+        insert_copies(client, &indexed, &ids, &fanned).await?;
+        let stmt = client.prepare_cached(queries::DELETE_PUBLICATIONS).await?;
+        client.execute(&stmt, &[&ids]).await?;
+        let subs: Vec<String> = fanned
+            .copies
+            .subscriptions
+            .iter()
+            .map(i32::to_string)
+            .collect();
+        for chunk in subs.chunks(500) {
+            client.execute(queries::NOTIFY, &[&chunk.join(",")]).await?;
+        }
+        Ok(rows.len())
+    }
+}

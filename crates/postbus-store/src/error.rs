@@ -29,6 +29,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The SQL API refused a call (a bad argument, a destination that does not exist).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl StoreError {

@@ -9,6 +9,8 @@ mod admin;
 mod batch;
 mod error;
 mod fanout;
+mod leases;
+pub use leases::LeasedMessage;
 pub mod migrate;
 mod queries;
 

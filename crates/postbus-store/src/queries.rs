@@ -199,10 +199,15 @@ pub fn browse(filter_sql: &str, grouped: bool) -> String {
     )
 }
 
-/// Takes (or confirms) a dispatch lease; a row comes back when this node holds it.
+/// Takes (or confirms) a dispatch lease; a row comes back when this node holds it. A lease
+/// held by a node that is gone is taken over; one held by SQL receivers (a negative holder, see
+/// schema V5) only once no SQL lease on the queue is left, so none of their grouped messages is
+/// still in flight.
 pub const ACQUIRE_LEASE: &str = "INSERT INTO postbus.queue_leases AS l (queue_id, kind, node_id) VALUES ($1, $2, $3) \
      ON CONFLICT (queue_id, kind) DO UPDATE SET node_id = excluded.node_id \
-        WHERE l.node_id = excluded.node_id OR l.node_id NOT IN (SELECT id FROM postbus.nodes) \
+        WHERE l.node_id = excluded.node_id \
+           OR (l.node_id > 0 AND l.node_id NOT IN (SELECT id FROM postbus.nodes)) \
+           OR (l.node_id < 0 AND NOT EXISTS (SELECT 1 FROM postbus.leases s WHERE s.queue_id = l.queue_id)) \
      RETURNING node_id";
 
 pub const RELEASE_LEASES: &str =
@@ -254,7 +259,7 @@ pub const REAP_DEAD_NODES: &str = "WITH gone AS ( \
 /// index, so it runs rarely, not with every heartbeat.
 pub const RELEASE_ORPHANS: &str = "WITH released AS ( \
         UPDATE postbus.messages m SET owner = NULL, delivery_count = m.delivery_count + 1 \
-        WHERE m.owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = m.owner) \
+        WHERE m.owner > 0 AND NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = m.owner) \
         RETURNING m.queue_id) \
      SELECT DISTINCT queue_id FROM released";
 
@@ -374,3 +379,57 @@ pub const INSERT_TEMP_QUEUE: &str = "INSERT INTO postbus.destinations (kind, nam
 pub const GONE_NODE_TEMP_QUEUES: &str = "SELECT t.id FROM postbus.destinations t \
      WHERE t.kind = 'temp-queue' \
        AND NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = t.node_id)";
+
+/// The topics with publications sent through SQL waiting to be copied to subscriptions.
+pub const PENDING_PUBLICATIONS: &str = "SELECT DISTINCT m.queue_id FROM postbus.messages m \
+     WHERE m.topic IS NOT NULL AND m.publish_id IS NULL";
+
+/// Serialises the fan-out of one topic's SQL publications across brokers (a transaction-scoped
+/// advisory lock in a key space of its own), so they are copied in publication order.
+pub const LOCK_PUBLICATIONS: &str = "SELECT pg_try_advisory_xact_lock(1886352244, $1)";
+
+/// Up to `$2` publications of topic `$1`, oldest first, with their delivery time last.
+pub const PUBLICATIONS: &str = concat!(
+    "SELECT m.id, m.queue_id, m.priority, m.expires_at, m.delivery_count, m.persistent, \
+     m.sent_at, m.group_id, m.group_seq, m.correlation_id, m.reply_to, m.jms_type, m.content_type, \
+     m.user_id, m.traceparent, m.tracestate, m.properties, m.property_types, m.dlq_reason, m.origin, \
+     m.last_error, m.body, m.publish_id, m.topic, m.ready_at \
+     FROM postbus.messages m \
+     WHERE m.queue_id = $1 AND m.topic IS NOT NULL AND m.publish_id IS NULL \
+     ORDER BY m.id LIMIT $2 FOR UPDATE"
+);
+
+/// Publications that have been copied.
+pub const DELETE_PUBLICATIONS: &str =
+    "DELETE FROM postbus.messages WHERE id = ANY($1::bigint[]) AND publish_id IS NULL";
+
+/// SQL receivers' leases that ran out: their messages go back (schema V5).
+pub const EXPIRE_LEASES: &str = "SELECT postbus.expire_leases()";
+
+/// The SQL API's receive (schema V5), for the HTTP API: `$1` destination, `$2` count, `$3`
+/// lease in ms.
+pub const SQL_RECEIVE: &str = "SELECT message_id, receipt, body, properties, property_types, content_type, \
+     correlation_id, reply_to, jms_type, priority, group_id, group_seq, sent_at, expires_at, delivery_count, \
+     redelivered, user_id, traceparent, tracestate, topic, origin, dlq_reason, last_error \
+     FROM postbus.receive($1, $2, $3)";
+
+pub const SQL_ACK: &str = "SELECT postbus.ack($1)";
+pub const SQL_NACK: &str = "SELECT postbus.nack($1, $2)";
+
+/// A destination for a receive: (id, kind), NULLs when it does not exist.
+pub const RESOLVE_FOR_RECEIVE: &str =
+    "SELECT d.id, d.kind FROM postbus.resolve_destination($1, false) d";
+
+pub const OPEN_LEASE: &str = "SELECT postbus.open_lease($1, $2)";
+
+/// Messages a selective receive claimed and its selector rejected: back, untouched.
+pub const GIVE_BACK_LEASED: &str =
+    "UPDATE postbus.messages SET owner = NULL WHERE id = ANY($1::bigint[]) AND owner = $2";
+
+pub const DEAD_LETTER_LEASED: &str =
+    "SELECT postbus.dead_letter_held($1, d) FROM postbus.destinations d WHERE d.id = $2";
+
+/// What lease `$1` holds, in the shape of [`SQL_RECEIVE`].
+pub const LEASED: &str = "SELECT * FROM postbus.leased($1)";
+
+pub const END_LEASE_IF_EMPTY: &str = "SELECT postbus.end_lease_if_empty($1)";

@@ -1,24 +1,189 @@
-//! The HTTP listener: liveness and readiness (readiness checks the database).
+//! The HTTP listener: liveness and readiness (readiness checks the database), and the HTTP
+//! messaging API of docs/http-api.md (the logic is `postbus_broker::rest`; this maps routes,
+//! JSON and status codes).
 
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use postbus_store::Store;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use postbus_broker::Engine;
+use postbus_broker::rest::{self, ApiError, ReceiveRequest, SendRequest};
+use postbus_model::{Destination, DestinationKind};
+use serde::Deserialize;
+use serde_json::json;
 
-pub async fn serve(listener: tokio::net::TcpListener, store: Store) {
+pub async fn serve(listener: tokio::net::TcpListener, engine: Engine) {
+    // A JSON body carries the message body as text or base64 (4/3 of its size), plus headers.
+    let body_limit = engine.config().max_body_bytes / 3 * 4 + 64 * 1024;
     let app = Router::new()
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
-        .with_state(store);
+        .route("/v1/queues/{name}/messages", post(send_queue))
+        .route("/v1/topics/{name}/messages", post(send_topic))
+        .route("/v1/temp-queues/{name}/messages", post(send_temp_queue))
+        .route("/v1/queues/{name}/receive", post(receive_queue))
+        .route(
+            "/v1/subscriptions/{name}/receive",
+            post(receive_subscription),
+        )
+        .route("/v1/receipts/{receipt}/ack", post(ack))
+        .route("/v1/receipts/{receipt}/nack", post(nack))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(engine);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP listener stopped");
     }
 }
 
-async fn ready(State(store): State<Store>) -> (StatusCode, String) {
-    match store.ping().await {
+async fn ready(State(engine): State<Engine>) -> (StatusCode, String) {
+    match engine.store().ping().await {
         Ok(()) => (StatusCode::OK, "ready\n".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }
+}
+
+/// An API error as `{"error": "..."}` with its status.
+struct Failure(StatusCode, String);
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        let status = match e {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Failure(status, e.to_string())
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// The request body as JSON, with a 400 that says what is wrong (axum's own rejection text
+/// is kept: it names the field and the position).
+fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Failure> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not valid JSON for this call: {e}"),
+        )
+    })
+}
+
+async fn send_to(
+    engine: &Engine,
+    kind: DestinationKind,
+    name: &str,
+    body: &[u8],
+) -> Result<Response, Failure> {
+    let destination = Destination::parse_stomp(&format!("/{}/{name}", kind.as_str()))
+        .map_err(|e| Failure(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let req: SendRequest = parse(body)?;
+    // JMSXUserID is the authenticated principal; the HTTP API has no authentication yet
+    // (docs/http-api.md), so it is left empty rather than taken from the client.
+    let message = rest::new_message(req, None, postbus_model::now_ms())?;
+    let sent = rest::send(engine, &destination, message).await?;
+    let status = if sent.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(sent)).into_response())
+}
+
+async fn send_queue(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    send_to(&engine, DestinationKind::Queue, &name, &body).await
+}
+
+async fn send_topic(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    send_to(&engine, DestinationKind::Topic, &name, &body).await
+}
+
+async fn send_temp_queue(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    send_to(&engine, DestinationKind::TempQueue, &name, &body).await
+}
+
+async fn receive_from(
+    engine: &Engine,
+    destination: String,
+    body: &[u8],
+) -> Result<Response, Failure> {
+    let req: ReceiveRequest = parse(body)?;
+    let messages = rest::receive(engine, &destination, req).await?;
+    Ok(Json(json!({ "messages": messages })).into_response())
+}
+
+async fn receive_queue(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    receive_from(&engine, format!("/queue/{name}"), &body).await
+}
+
+async fn receive_subscription(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    receive_from(&engine, format!("/subscription/{name}"), &body).await
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NackRequest {
+    error: Option<String>,
+}
+
+async fn settle(
+    engine: &Engine,
+    receipt: &str,
+    ack: bool,
+    error: Option<&str>,
+) -> Result<Response, Failure> {
+    if rest::settle(engine, receipt, ack, error).await? {
+        Ok(Json(json!({ "settled": true })).into_response())
+    } else {
+        Err(Failure(
+            StatusCode::CONFLICT,
+            format!(
+                "receipt {receipt} no longer holds its message: it was settled already, or its lease ran out and the message went back to its queue (receive it again)"
+            ),
+        ))
+    }
+}
+
+async fn ack(
+    State(engine): State<Engine>,
+    Path(receipt): Path<String>,
+) -> Result<Response, Failure> {
+    settle(&engine, &receipt, true, None).await
+}
+
+async fn nack(
+    State(engine): State<Engine>,
+    Path(receipt): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    let req: NackRequest = parse(&body)?;
+    settle(&engine, &receipt, false, req.error.as_deref()).await
 }

@@ -168,7 +168,7 @@ async fn serve(cfg: config::Config, url: String, dev: bool) -> anyhow::Result<()
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", cfg.http.listen))?;
         let addr = l.local_addr()?;
-        tokio::spawn(http::serve(l, store.clone()));
+        tokio::spawn(http::serve(l, engine.clone()));
         Some(addr)
     };
     tokio::spawn(postbus_broker::server::serve_stomp(engine.clone(), stomp));

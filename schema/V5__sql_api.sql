@@ -1,0 +1,581 @@
+-- postbus schema, version 5: the SQL API. Applications send, receive, acknowledge and
+-- negatively acknowledge inside their own database transactions; a rollback undoes all of it.
+--
+--   postbus.send(destination, body, properties, ...)      -> the message id ('ID:<n>')
+--   postbus.receive(destination, max_messages, lease_ms)  -> the messages, now held by a lease
+--   postbus.ack(handle)  /  postbus.nack(handle, ...)     -> whether the message was still held
+--
+-- A receive holds its messages under a lease: a negative `owner` (broker nodes hold theirs under
+-- their positive node id), with a row in postbus.leases saying until when. Acknowledge inside
+-- the same transaction and nothing else is ever written; commit without acknowledging and the
+-- messages stay held until ack, nack or the lease's end, when they return to the queue with
+-- their delivery counted. A message published to a topic through SQL is stored as a
+-- publication row of the topic (topic set, publish_id NULL); a broker copies it to the
+-- matching subscriptions (exact JMS selectors are evaluated there) as soon as the commit wakes
+-- it. docs/sql-api.md has the contract and the fine print.
+
+CREATE SEQUENCE postbus.lease_id_seq AS bigint;
+
+-- Messages held by SQL (and HTTP) receivers: owner = id (negative) until expires_at (epoch ms
+-- on the database's clock).
+CREATE TABLE postbus.leases (
+    id         bigint  PRIMARY KEY CHECK (id < 0),
+    queue_id   integer NOT NULL,
+    expires_at bigint  NOT NULL,
+    -- Who received: the database role and application_name, for operators.
+    holder     text    NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX leases_expiry ON postbus.leases (expires_at);
+CREATE INDEX leases_queue ON postbus.leases (queue_id);
+
+-- Topic publications sent through SQL, waiting for a broker to copy them to subscriptions.
+CREATE INDEX messages_publications ON postbus.messages (queue_id, id)
+    WHERE topic IS NOT NULL AND publish_id IS NULL;
+
+-- Epoch milliseconds on the database's clock (the statement's time, not the transaction's).
+CREATE FUNCTION postbus.now_ms() RETURNS bigint LANGUAGE sql VOLATILE
+AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+
+-- '/queue/NAME' (or a bare NAME), '/topic/NAME', '/temp-queue/NAME', '/subscription/NAME' to
+-- its destination row; a missing queue or topic is created when `create_missing`. NULL when
+-- it does not exist.
+CREATE FUNCTION postbus.resolve_destination(destination text, create_missing boolean)
+RETURNS postbus.destinations LANGUAGE plpgsql AS $$
+DECLARE
+    k text;
+    n text;
+    d postbus.destinations;
+BEGIN
+    IF destination IS NULL THEN
+        RAISE EXCEPTION 'postbus: the destination is NULL'
+            USING ERRCODE = '22004', HINT = 'name a destination, e.g. ''/queue/orders''';
+    ELSIF destination LIKE '/queue/%' THEN
+        k := 'queue'; n := substr(destination, 8);
+    ELSIF destination LIKE '/topic/%' THEN
+        k := 'topic'; n := substr(destination, 8);
+    ELSIF destination LIKE '/temp-queue/%' THEN
+        k := 'temp-queue'; n := substr(destination, 13);
+    ELSIF destination LIKE '/subscription/%' THEN
+        k := 'subscription'; n := substr(destination, 15);
+    ELSIF destination LIKE '/%' THEN
+        RAISE EXCEPTION 'postbus: % is not a destination', quote_literal(destination)
+            USING ERRCODE = '22023',
+                  HINT = 'use /queue/NAME (or just NAME), /topic/NAME, /temp-queue/NAME or /subscription/NAME';
+    ELSE
+        k := 'queue'; n := destination;
+    END IF;
+    SELECT * INTO d FROM postbus.destinations x WHERE x.kind = k AND x.name = n;
+    IF FOUND OR NOT create_missing OR k NOT IN ('queue', 'topic') THEN
+        RETURN d;
+    END IF;
+    IF length(n) > 255 OR n !~ '^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$' THEN
+        RAISE EXCEPTION 'postbus: % is not a valid % name', quote_literal(n), k
+            USING ERRCODE = '22023',
+                  HINT = 'names are dot-separated segments of letters, digits, _ and -, at most 255 bytes';
+    END IF;
+    INSERT INTO postbus.destinations (kind, name, auto_created) VALUES (k, n, true)
+        ON CONFLICT (kind, name) DO NOTHING;
+    SELECT * INTO d FROM postbus.destinations x WHERE x.kind = k AND x.name = n;
+    RETURN d;
+END $$;
+
+-- Checks application properties (a flat JSON object, as the broker stores them) and their
+-- declared Java types; raises with the property's name when something is wrong.
+CREATE FUNCTION postbus.check_properties(properties jsonb, property_types jsonb)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    k text;
+    v jsonb;
+    t text;
+    num numeric;
+BEGIN
+    IF jsonb_typeof(properties) <> 'object' THEN
+        RAISE EXCEPTION 'postbus: properties must be a JSON object, not %', jsonb_typeof(properties)
+            USING ERRCODE = '22023', HINT = 'e.g. ''{"region": "EU", "amount": 125.5}''';
+    END IF;
+    IF property_types IS NOT NULL AND jsonb_typeof(property_types) <> 'object' THEN
+        RAISE EXCEPTION 'postbus: property_types must be a JSON object'
+            USING ERRCODE = '22023', HINT = 'e.g. ''{"count": "int"}''';
+    END IF;
+    FOR k, v IN SELECT * FROM jsonb_each(properties) LOOP
+        IF k !~ '^[[:alpha:]_$][[:alnum:]_$]*$' THEN
+            RAISE EXCEPTION 'postbus: property name % is not a Java identifier', quote_literal(k)
+                USING ERRCODE = '22023';
+        END IF;
+        IF k LIKE 'JMS%' THEN
+            RAISE EXCEPTION 'postbus: property name % is reserved: names starting with JMS belong to the broker', quote_literal(k)
+                USING ERRCODE = '22023', HINT = 'use the parameters for JMS header fields (correlation_id, jms_type, group_id, ...)';
+        END IF;
+        t := property_types ->> k;
+        IF jsonb_typeof(v) NOT IN ('string', 'boolean', 'number') THEN
+            RAISE EXCEPTION 'postbus: property % must be a string, a boolean or a number, not %', k, jsonb_typeof(v)
+                USING ERRCODE = '22023';
+        END IF;
+        IF t IS NOT NULL AND t NOT IN ('string', 'boolean', 'byte', 'short', 'int', 'long', 'float', 'double') THEN
+            RAISE EXCEPTION 'postbus: property % has the unknown type %', k, quote_literal(t)
+                USING ERRCODE = '22023', HINT = 'types are string, boolean, byte, short, int, long, float, double';
+        END IF;
+        IF (t = 'string' AND jsonb_typeof(v) <> 'string') OR (t = 'boolean' AND jsonb_typeof(v) <> 'boolean')
+           OR (t IN ('byte', 'short', 'int', 'long', 'float', 'double') AND jsonb_typeof(v) <> 'number') THEN
+            RAISE EXCEPTION 'postbus: property % is declared % but its value is a %', k, t, jsonb_typeof(v)
+                USING ERRCODE = '22023';
+        END IF;
+        IF jsonb_typeof(v) = 'number' THEN
+            num := v::text::numeric;
+            IF abs(num) > 1.7976931348623157e308 THEN
+                RAISE EXCEPTION 'postbus: property % is out of range for a double', k USING ERRCODE = '22003';
+            END IF;
+            IF (t IN ('byte', 'short', 'int', 'long') OR (t IS NULL AND scale(num) = 0 AND v::text !~ '[.eE]'))
+               AND (num <> trunc(num) OR num NOT BETWEEN
+                   (CASE t WHEN 'byte' THEN -128 WHEN 'short' THEN -32768 WHEN 'int' THEN -2147483648 ELSE -9223372036854775808 END)
+                   AND (CASE t WHEN 'byte' THEN 127 WHEN 'short' THEN 32767 WHEN 'int' THEN 2147483647 ELSE 9223372036854775807 END)) THEN
+                RAISE EXCEPTION 'postbus: property % = % is not a % value', k, v::text, coalesce(t, 'long')
+                    USING ERRCODE = '22003', HINT = 'integers without a declared type are longs; declare "double" for larger numbers';
+            END IF;
+        END IF;
+    END LOOP;
+    IF property_types IS NOT NULL THEN
+        FOR k IN SELECT jsonb_object_keys(property_types) LOOP
+            IF NOT properties ? k THEN
+                RAISE EXCEPTION 'postbus: property_types names %, which is not among the properties', quote_literal(k)
+                    USING ERRCODE = '22023';
+            END IF;
+        END LOOP;
+    END IF;
+END $$;
+
+-- Sends a message to a queue, topic or temporary queue inside the caller's transaction, and
+-- returns its JMSMessageID. Nothing is visible to consumers before the caller commits, and a
+-- rollback leaves no trace. JMSXUserID is the calling database role.
+CREATE FUNCTION postbus.send(
+    destination     text,
+    body            bytea,
+    properties      jsonb   DEFAULT '{}',
+    content_type    text    DEFAULT NULL,
+    dedup_id        text    DEFAULT NULL,
+    delay_ms        bigint  DEFAULT 0,
+    priority        integer DEFAULT 4,
+    group_id        text    DEFAULT NULL,
+    group_seq       integer DEFAULT NULL,
+    correlation_id  text    DEFAULT NULL,
+    reply_to        text    DEFAULT NULL,
+    jms_type        text    DEFAULT NULL,
+    time_to_live_ms bigint  DEFAULT 0,
+    persistent      boolean DEFAULT true,
+    property_types  jsonb   DEFAULT NULL,
+    traceparent     text    DEFAULT NULL,
+    tracestate      text    DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+#variable_conflict use_column
+DECLARE
+    d postbus.destinations;
+    now_ms bigint := postbus.now_ms();
+    new_id bigint;
+    earlier bigint;
+BEGIN
+    IF send.body IS NULL THEN
+        RAISE EXCEPTION 'postbus: the body is NULL' USING ERRCODE = '22004', HINT = 'send ''''::bytea for an empty body';
+    END IF;
+    IF send.priority IS NULL OR send.priority NOT BETWEEN 0 AND 9 THEN
+        RAISE EXCEPTION 'postbus: priority % is not between 0 and 9', send.priority USING ERRCODE = '22023';
+    END IF;
+    IF coalesce(send.delay_ms, -1) < 0 OR coalesce(send.time_to_live_ms, -1) < 0 THEN
+        RAISE EXCEPTION 'postbus: delay_ms and time_to_live_ms must be 0 or more' USING ERRCODE = '22023';
+    END IF;
+    PERFORM postbus.check_properties(coalesce(send.properties, '{}'), send.property_types);
+    d := postbus.resolve_destination(send.destination, true);
+    IF d.id IS NULL THEN
+        RAISE EXCEPTION 'postbus: % does not exist', send.destination USING ERRCODE = '42704',
+            HINT = 'temporary queues are created by their connection; check the reply-to address';
+    ELSIF d.kind = 'subscription' THEN
+        RAISE EXCEPTION 'postbus: cannot send to a subscription (%)', send.destination USING ERRCODE = '22023',
+            HINT = 'send to the topic; its subscriptions get copies';
+    END IF;
+
+    new_id := nextval('postbus.message_id_seq');
+    IF send.dedup_id IS NOT NULL THEN
+        -- A live record with the same id means a duplicate: return the first message's id.
+        -- A concurrent sender of the same id waits here until its transaction ends.
+        INSERT INTO postbus.dedup AS x (queue_id, dedup_id, message_id, expires_at)
+        VALUES (d.id, send.dedup_id, new_id, now_ms + d.dedup_window_ms)
+        ON CONFLICT (queue_id, dedup_id) DO UPDATE
+            SET message_id = excluded.message_id, expires_at = excluded.expires_at
+            WHERE x.expires_at <= now_ms;
+        IF NOT FOUND THEN
+            SELECT x.message_id INTO earlier FROM postbus.dedup x
+            WHERE x.queue_id = d.id AND x.dedup_id = send.dedup_id;
+            RETURN 'ID:' || earlier;
+        END IF;
+    END IF;
+
+    INSERT INTO postbus.messages (id, queue_id, priority, ready_at, expires_at, persistent, sent_at,
+        group_id, group_seq, correlation_id, reply_to, jms_type, content_type, user_id, traceparent,
+        tracestate, properties, property_types, body, topic)
+    VALUES (new_id, d.id, send.priority,
+        CASE WHEN send.delay_ms > 0 THEN now_ms + send.delay_ms END,
+        CASE WHEN send.time_to_live_ms > 0 THEN now_ms + send.time_to_live_ms ELSE 0 END,
+        send.persistent, now_ms, send.group_id, send.group_seq, send.correlation_id, send.reply_to,
+        send.jms_type, send.content_type, session_user, send.traceparent, send.tracestate,
+        nullif(coalesce(send.properties, '{}'), '{}'), nullif(send.property_types, '{}'), send.body,
+        CASE WHEN d.kind = 'topic' THEN d.name END);
+    -- The same wake-up the broker's own writers send; delivered only if the caller commits.
+    PERFORM pg_notify('postbus_wake', CASE WHEN d.kind = 'topic' THEN 't' ELSE '' END || d.id);
+    RETURN 'ID:' || new_id;
+END $$;
+
+-- Returns the messages of leases that ran out to their queues, their delivery counted (the
+-- consumer saw them and did not settle them). Returns how many came back.
+CREATE FUNCTION postbus.expire_leases() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+DECLARE
+    gone bigint[];
+    queues integer[];
+    n integer := 0;
+BEGIN
+    -- One expirer at a time (receivers call this too): two would wait on each other's rows.
+    IF NOT pg_try_advisory_xact_lock(8103510839219430757) THEN
+        RETURN 0;
+    END IF;
+    SELECT array_agg(l.id) INTO gone FROM postbus.leases l WHERE l.expires_at <= postbus.now_ms();
+    IF gone IS NULL THEN
+        RETURN 0;
+    END IF;
+    WITH back AS (
+        UPDATE postbus.messages m SET owner = NULL, delivery_count = m.delivery_count + 1
+        WHERE m.owner = ANY(gone) RETURNING m.queue_id)
+    SELECT array_agg(DISTINCT queue_id), count(*) INTO queues, n FROM back;
+    DELETE FROM postbus.leases WHERE id = ANY(gone);
+    DELETE FROM postbus.queue_leases WHERE node_id = ANY(gone);
+    IF queues IS NOT NULL THEN
+        PERFORM pg_notify('postbus_wake', array_to_string(queues, ','));
+    END IF;
+    RETURN n;
+END $$;
+
+-- Opens a lease on queue `queue_id` for lease_ms, for the calling role.
+CREATE FUNCTION postbus.open_lease(queue_id integer, lease_ms integer) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    lease bigint := -nextval('postbus.lease_id_seq');
+BEGIN
+    INSERT INTO postbus.leases (id, queue_id, expires_at, holder)
+    VALUES (lease, open_lease.queue_id, postbus.now_ms() + open_lease.lease_ms,
+            session_user || coalesce(' (' || nullif(current_setting('application_name', true), '') || ')', ''));
+    RETURN lease;
+END $$;
+
+-- Moves the messages `lease` took that were delivered max-deliveries times to the queue's
+-- dead-letter queue (they are not handed to the receiver).
+CREATE FUNCTION postbus.dead_letter_held(lease bigint, d postbus.destinations) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    dlq postbus.destinations;
+BEGIN
+    IF d.name LIKE 'DLQ.%' OR NOT EXISTS (
+        SELECT 1 FROM postbus.messages m WHERE m.owner = lease AND m.delivery_count >= d.max_deliveries) THEN
+        RETURN;
+    END IF;
+    dlq := postbus.resolve_destination('/queue/' || coalesce(d.dead_letter_queue, 'DLQ.' || d.name), true);
+    UPDATE postbus.messages m SET owner = NULL, queue_id = dlq.id,
+        dlq_reason = format('delivered %s times (max-deliveries %s)', m.delivery_count, d.max_deliveries),
+        origin = coalesce(m.origin, '/topic/' || m.topic, '/' || d.kind || '/' || d.name),
+        topic = NULL
+    WHERE m.owner = lease AND m.delivery_count >= d.max_deliveries;
+    PERFORM pg_notify('postbus_wake', dlq.id::text);
+END $$;
+
+-- What a receiver gets: the messages `lease` holds, ungrouped ones first (best priority, then
+-- FIFO), then grouped ones in order.
+CREATE FUNCTION postbus.leased(lease bigint)
+RETURNS TABLE (
+    message_id     text,
+    receipt        text,
+    body           bytea,
+    properties     jsonb,
+    property_types jsonb,
+    content_type   text,
+    correlation_id text,
+    reply_to       text,
+    jms_type       text,
+    priority       smallint,
+    group_id       text,
+    group_seq      integer,
+    sent_at        bigint,
+    expires_at     bigint,
+    delivery_count integer,
+    redelivered    boolean,
+    user_id        text,
+    traceparent    text,
+    tracestate     text,
+    topic          text,
+    origin         text,
+    dlq_reason     text,
+    last_error     text)
+LANGUAGE sql STABLE AS $$
+    SELECT 'ID:' || coalesce(m.publish_id, m.id), m.id || ':' || (-lease),
+           coalesce(m.body, (SELECT p.body FROM postbus.payloads p WHERE p.id = m.publish_id)),
+           coalesce(m.properties, '{}'), m.property_types, m.content_type, m.correlation_id,
+           m.reply_to, m.jms_type, m.priority, m.group_id, m.group_seq, m.sent_at, m.expires_at,
+           m.delivery_count + 1, m.delivery_count > 0, m.user_id, m.traceparent, m.tracestate,
+           m.topic, m.origin, m.dlq_reason, m.last_error
+    FROM postbus.messages m WHERE m.owner = lease
+    ORDER BY m.group_id IS NOT NULL, CASE WHEN m.group_id IS NULL THEN m.priority END DESC NULLS LAST, m.id;
+$$;
+
+-- Ends the lease of `lease` when it holds nothing any more, so a broker may take over the
+-- queue's groups at once.
+CREATE FUNCTION postbus.end_lease_if_empty(lease bigint) RETURNS void
+LANGUAGE sql AS $$
+    WITH gone AS (
+        DELETE FROM postbus.leases l WHERE l.id = lease
+          AND NOT EXISTS (SELECT 1 FROM postbus.messages m WHERE m.owner = lease)
+        RETURNING l.id)
+    DELETE FROM postbus.queue_leases q WHERE q.node_id IN (SELECT id FROM gone);
+$$;
+
+-- Takes up to max_messages deliverable messages of a queue, temporary queue or subscription
+-- and holds them for this caller for lease_ms. Inside the caller's transaction: a rollback
+-- puts them back untouched (no delivery is counted; the database keeps no trace of it).
+-- Ungrouped messages come first, best priority then FIFO; grouped ones in order, and only
+-- when no broker dispatches the queue's groups (see docs/sql-api.md).
+CREATE FUNCTION postbus.receive(
+    destination  text,
+    max_messages integer DEFAULT 1,
+    lease_ms     integer DEFAULT 30000)
+RETURNS TABLE (
+    message_id     text,
+    receipt        text,
+    body           bytea,
+    properties     jsonb,
+    property_types jsonb,
+    content_type   text,
+    correlation_id text,
+    reply_to       text,
+    jms_type       text,
+    priority       smallint,
+    group_id       text,
+    group_seq      integer,
+    sent_at        bigint,
+    expires_at     bigint,
+    delivery_count integer,
+    redelivered    boolean,
+    user_id        text,
+    traceparent    text,
+    tracestate     text,
+    topic          text,
+    origin         text,
+    dlq_reason     text,
+    last_error     text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+#variable_conflict use_column
+DECLARE
+    d postbus.destinations;
+    now_ms bigint := postbus.now_ms();
+    lease bigint;
+    taken integer := 0;
+    holder bigint;
+    may_group boolean := false;
+BEGIN
+    IF receive.max_messages IS NULL OR receive.max_messages NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'postbus: max_messages % is not between 1 and 10000', receive.max_messages
+            USING ERRCODE = '22023';
+    END IF;
+    IF receive.lease_ms IS NULL OR receive.lease_ms < 1 THEN
+        RAISE EXCEPTION 'postbus: lease_ms must be at least 1 (milliseconds)' USING ERRCODE = '22023';
+    END IF;
+    PERFORM postbus.expire_leases();
+    d := postbus.resolve_destination(receive.destination, false);
+    IF d.id IS NULL THEN
+        IF receive.destination LIKE '/%' AND receive.destination NOT LIKE '/queue/%' THEN
+            RAISE EXCEPTION 'postbus: % does not exist', receive.destination USING ERRCODE = '42704',
+                HINT = 'subscriptions and temporary queues are made by their consumers; `postbus queue list` shows them';
+        END IF;
+        RETURN;  -- a queue nobody sent to yet is empty
+    ELSIF d.kind = 'topic' THEN
+        RAISE EXCEPTION 'postbus: receive from a subscription of the topic, not from % itself', receive.destination
+            USING ERRCODE = '22023', HINT = 'e.g. postbus.receive(''/subscription/durable:CLIENTID:NAME'')';
+    END IF;
+    -- An exclusive queue a broker serves has one consumer already.
+    IF d.exclusive AND EXISTS (SELECT 1 FROM postbus.queue_leases l JOIN postbus.nodes n ON n.id = l.node_id
+                               WHERE l.queue_id = d.id AND l.kind = 'exclusive') THEN
+        RETURN;
+    END IF;
+
+    lease := postbus.open_lease(d.id, receive.lease_ms);
+
+    UPDATE postbus.messages m SET owner = lease
+    WHERE m.id = ANY(ARRAY(
+        SELECT c.id FROM postbus.messages c
+        WHERE c.queue_id = d.id AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NULL
+          AND (c.expires_at = 0 OR c.expires_at > now_ms)
+        ORDER BY c.priority DESC, c.id
+        LIMIT receive.max_messages
+        FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS taken = ROW_COUNT;
+
+    -- Grouped messages: only under the queue's 'groups' lease, which a broker dispatching the
+    -- queue's groups holds; SQL receivers take it over from each other (one at a time: the
+    -- row lock) and skip every group with a message in flight or waiting, so none overtakes.
+    IF taken < receive.max_messages AND EXISTS (
+        SELECT 1 FROM postbus.messages c
+        WHERE c.queue_id = d.id AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NOT NULL) THEN
+        SELECT l.node_id INTO holder FROM postbus.queue_leases l
+        WHERE l.queue_id = d.id AND l.kind = 'groups' FOR UPDATE SKIP LOCKED;
+        IF FOUND THEN
+            IF holder < 0 OR NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = holder) THEN
+                UPDATE postbus.queue_leases l SET node_id = lease WHERE l.queue_id = d.id AND l.kind = 'groups';
+                may_group := true;
+            END IF;
+        ELSE
+            INSERT INTO postbus.queue_leases (queue_id, kind, node_id) VALUES (d.id, 'groups', lease)
+                ON CONFLICT DO NOTHING;
+            may_group := FOUND;
+        END IF;
+    END IF;
+    IF may_group THEN
+        UPDATE postbus.messages m SET owner = lease
+        WHERE m.id = ANY(ARRAY(
+            SELECT c.id FROM postbus.messages c
+            WHERE c.queue_id = d.id AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NOT NULL
+              AND (c.expires_at = 0 OR c.expires_at > now_ms)
+              AND c.group_id NOT IN (
+                  SELECT w.group_id FROM postbus.messages w
+                  WHERE w.queue_id = d.id AND w.group_id IS NOT NULL
+                    AND (w.ready_at IS NOT NULL OR w.owner IS NOT NULL))
+            ORDER BY c.id
+            LIMIT receive.max_messages - taken
+            FOR UPDATE SKIP LOCKED));
+    END IF;
+
+    -- Messages delivered max-deliveries times go to the dead-letter queue, not to the caller.
+    PERFORM postbus.dead_letter_held(lease, d);
+    IF NOT EXISTS (SELECT 1 FROM postbus.messages m WHERE m.owner = lease) THEN
+        PERFORM postbus.end_lease_if_empty(lease);
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM postbus.leased(lease);
+END $$;
+
+-- The message rows a handle names among those SQL receivers hold: a receipt '<row>:<lease>'
+-- names one (and only while that lease holds it); a message id 'ID:<n>' names the message or
+-- its topic copies held by any SQL lease.
+CREATE FUNCTION postbus.held_rows(handle text) RETURNS SETOF bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    parts text[];
+BEGIN
+    IF handle ~ '^[0-9]+:[0-9]+$' THEN
+        parts := string_to_array(handle, ':');
+        RETURN QUERY SELECT m.id FROM postbus.messages m
+            WHERE m.id = parts[1]::bigint AND m.owner = -(parts[2]::bigint);
+    ELSIF handle ~ '^ID:[0-9]+$' THEN
+        RETURN QUERY SELECT m.id FROM postbus.messages m
+            WHERE m.id = substr(handle, 4)::bigint AND m.owner < 0
+            UNION ALL
+            SELECT m.id FROM postbus.messages m
+            WHERE m.publish_id = substr(handle, 4)::bigint AND m.owner < 0;
+    ELSE
+        RAISE EXCEPTION 'postbus: % is neither a receipt nor a message id', quote_literal(handle)
+            USING ERRCODE = '22023', HINT = 'pass the receipt or the message_id that postbus.receive returned';
+    END IF;
+END $$;
+
+-- Acknowledges a received message (by receipt, or by message id): it is deleted when the
+-- caller commits. False when no SQL receiver holds it (already acknowledged, or its lease ran
+-- out and it went back to the queue).
+CREATE FUNCTION postbus.ack(handle text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+DECLARE
+    ids bigint[];
+    leases bigint[];
+    l bigint;
+BEGIN
+    ids := ARRAY(SELECT postbus.held_rows(handle));
+    IF cardinality(ids) > 1 THEN
+        RAISE EXCEPTION 'postbus: % names % held topic copies', handle, cardinality(ids)
+            USING ERRCODE = '21000', HINT = 'acknowledge each copy by the receipt postbus.receive returned';
+    END IF;
+    WITH gone AS (DELETE FROM postbus.messages m WHERE m.id = ANY(ids) AND m.owner < 0 RETURNING m.owner)
+    SELECT array_agg(owner) INTO leases FROM gone;
+    IF leases IS NULL THEN
+        RETURN false;
+    END IF;
+    FOREACH l IN ARRAY leases LOOP
+        PERFORM postbus.end_lease_if_empty(l);
+    END LOOP;
+    RETURN true;
+END $$;
+
+-- Negatively acknowledges a received message: it goes back to its queue with the delivery
+-- counted, after the queue's redelivery delay, or to the dead-letter queue once delivered
+-- max-deliveries times. False when no SQL receiver holds it.
+CREATE FUNCTION postbus.nack(handle text, error text DEFAULT NULL) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+DECLARE
+    ids bigint[];
+    m postbus.messages;
+    d postbus.destinations;
+    dlq postbus.destinations;
+    cnt integer;
+    delay bigint;
+BEGIN
+    ids := ARRAY(SELECT postbus.held_rows(handle));
+    IF cardinality(ids) > 1 THEN
+        RAISE EXCEPTION 'postbus: % names % held topic copies', handle, cardinality(ids)
+            USING ERRCODE = '21000', HINT = 'negatively acknowledge each copy by the receipt postbus.receive returned';
+    END IF;
+    SELECT * INTO m FROM postbus.messages x WHERE x.id = ANY(ids) AND x.owner < 0 FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    SELECT * INTO d FROM postbus.destinations x WHERE x.id = m.queue_id;
+    cnt := m.delivery_count + 1;
+    IF cnt >= d.max_deliveries AND d.name NOT LIKE 'DLQ.%' THEN
+        dlq := postbus.resolve_destination('/queue/' || coalesce(d.dead_letter_queue, 'DLQ.' || d.name), true);
+        UPDATE postbus.messages x SET owner = NULL, delivery_count = cnt, queue_id = dlq.id,
+            dlq_reason = format('negatively acknowledged; delivered %s times (max-deliveries %s)', cnt, d.max_deliveries),
+            origin = coalesce(x.origin, '/topic/' || x.topic, '/' || d.kind || '/' || d.name),
+            topic = NULL, last_error = coalesce(nack.error, x.last_error)
+        WHERE x.id = m.id;
+        PERFORM pg_notify('postbus_wake', dlq.id::text);
+    ELSE
+        delay := CASE WHEN d.redelivery_delay_ms <= 0 THEN 0 ELSE least(
+            (d.redelivery_delay_ms * power(greatest(d.redelivery_backoff, 1.0), least(greatest(cnt - 1, 0), 60)))::bigint,
+            greatest(d.redelivery_max_delay_ms, d.redelivery_delay_ms)) END;
+        UPDATE postbus.messages x SET owner = NULL, delivery_count = cnt,
+            ready_at = CASE WHEN delay > 0 THEN postbus.now_ms() + delay END,
+            last_error = coalesce(nack.error, x.last_error)
+        WHERE x.id = m.id;
+        PERFORM pg_notify('postbus_wake', m.queue_id::text);
+    END IF;
+    PERFORM postbus.end_lease_if_empty(m.owner);
+    RETURN true;
+END $$;
+
+-- Applications get a role that may call the API and nothing else (no table is readable or
+-- writable through it). Creating a role needs CREATEROLE; without it the migration still
+-- installs the API, and docs/sql-api.md shows the statements to run as an administrator.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA postbus FROM PUBLIC;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'postbus_app') THEN
+        BEGIN
+            CREATE ROLE postbus_app NOLOGIN;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE NOTICE 'postbus: cannot create role postbus_app (needs CREATEROLE); see docs/sql-api.md';
+            RETURN;
+        END;
+    END IF;
+    GRANT USAGE ON SCHEMA postbus TO postbus_app;
+    GRANT EXECUTE ON FUNCTION postbus.send(text, bytea, jsonb, text, text, bigint, integer, text, integer,
+        text, text, text, bigint, boolean, jsonb, text, text) TO postbus_app;
+    GRANT EXECUTE ON FUNCTION postbus.receive(text, integer, integer) TO postbus_app;
+    GRANT EXECUTE ON FUNCTION postbus.ack(text) TO postbus_app;
+    GRANT EXECUTE ON FUNCTION postbus.nack(text, text) TO postbus_app;
+END $$;
