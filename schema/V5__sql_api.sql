@@ -248,7 +248,8 @@ BEGIN
         WHERE m.owner = ANY(gone) RETURNING m.queue_id)
     SELECT array_agg(DISTINCT queue_id), count(*) INTO queues, n FROM back;
     DELETE FROM postbus.leases WHERE id = ANY(gone);
-    DELETE FROM postbus.queue_leases WHERE node_id = ANY(gone);
+    DELETE FROM postbus.queue_leases q WHERE q.node_id = 0
+        AND NOT EXISTS (SELECT 1 FROM postbus.leases s WHERE s.queue_id = q.queue_id);
     IF queues IS NOT NULL THEN
         PERFORM pg_notify('postbus_wake', array_to_string(queues, ','));
     END IF;
@@ -325,15 +326,17 @@ LANGUAGE sql STABLE AS $$
     ORDER BY m.group_id IS NOT NULL, CASE WHEN m.group_id IS NULL THEN m.priority END DESC NULLS LAST, m.id;
 $$;
 
--- Ends the lease of `lease` when it holds nothing any more, so a broker may take over the
--- queue's groups at once.
+-- Ends the lease of `lease` when it holds nothing any more; with the queue's last SQL lease
+-- goes the SQL receivers' hold on its groups, so a broker may take them over at once.
 CREATE FUNCTION postbus.end_lease_if_empty(lease bigint) RETURNS void
 LANGUAGE sql AS $$
     WITH gone AS (
         DELETE FROM postbus.leases l WHERE l.id = lease
           AND NOT EXISTS (SELECT 1 FROM postbus.messages m WHERE m.owner = lease)
-        RETURNING l.id)
-    DELETE FROM postbus.queue_leases q WHERE q.node_id IN (SELECT id FROM gone);
+        RETURNING l.queue_id)
+    DELETE FROM postbus.queue_leases q
+    WHERE q.node_id = 0 AND q.queue_id IN (SELECT queue_id FROM gone)
+      AND NOT EXISTS (SELECT 1 FROM postbus.leases s WHERE s.queue_id = q.queue_id AND s.id <> lease);
 $$;
 
 -- Takes up to max_messages deliverable messages of a queue, temporary queue or subscription
@@ -418,20 +421,23 @@ BEGIN
     GET DIAGNOSTICS taken = ROW_COUNT;
 
     -- Grouped messages: only under the queue's 'groups' lease, which a broker dispatching the
-    -- queue's groups holds; SQL receivers take it over from each other (one at a time: the
-    -- row lock) and skip every group with a message in flight or waiting, so none overtakes.
+    -- queue's groups holds. SQL receivers hold it together (holder 0) while any SQL lease on
+    -- the queue lives, claim grouped messages one transaction at a time (the row lock), and
+    -- skip every group with a message in flight or waiting, so none overtakes.
     IF taken < receive.max_messages AND EXISTS (
         SELECT 1 FROM postbus.messages c
         WHERE c.queue_id = d.id AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NOT NULL) THEN
         SELECT l.node_id INTO holder FROM postbus.queue_leases l
         WHERE l.queue_id = d.id AND l.kind = 'groups' FOR UPDATE SKIP LOCKED;
         IF FOUND THEN
-            IF holder < 0 OR NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = holder) THEN
-                UPDATE postbus.queue_leases l SET node_id = lease WHERE l.queue_id = d.id AND l.kind = 'groups';
+            IF holder = 0 THEN
+                may_group := true;
+            ELSIF NOT EXISTS (SELECT 1 FROM postbus.nodes n WHERE n.id = holder) THEN
+                UPDATE postbus.queue_leases l SET node_id = 0 WHERE l.queue_id = d.id AND l.kind = 'groups';
                 may_group := true;
             END IF;
         ELSE
-            INSERT INTO postbus.queue_leases (queue_id, kind, node_id) VALUES (d.id, 'groups', lease)
+            INSERT INTO postbus.queue_leases (queue_id, kind, node_id) VALUES (d.id, 'groups', 0)
                 ON CONFLICT DO NOTHING;
             may_group := FOUND;
         END IF;

@@ -212,6 +212,8 @@ pub fn test_config() -> BrokerConfig {
 /// A broker running inside the test process.
 pub struct TestBroker {
     pub addr: String,
+    /// The HTTP API's base URL, e.g. `http://127.0.0.1:40123`.
+    pub http: String,
     pub engine: Engine,
     pub store: Store,
     pub url: String,
@@ -242,8 +244,14 @@ impl TestBroker {
             engine.clone(),
             listener,
         ));
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http = format!("http://{}", http_listener.local_addr().expect("addr"));
+        tokio::spawn(postbus_broker::http::serve(http_listener, engine.clone()));
         TestBroker {
             addr,
+            http,
             engine,
             store,
             url: url.to_owned(),

@@ -8,12 +8,14 @@
 //! - [`writer`]: group commit: units of many connections written in one transaction.
 //! - [`selecting`]: a consumer's JMS selector (exact evaluation and SQL narrowing).
 //! - [`send`]: turns a SEND frame into a validated message.
+//! - [`http`]: the HTTP listener's routes (health, the messaging API).
 //! - [`rest`]: the HTTP messaging API's logic (send, receive under a lease, ack/nack).
 //! - [`session`]: one STOMP connection's state machine.
 //! - [`server`]: the TCP listener and connection limits.
 
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod queue;
 pub mod rest;
 pub mod selecting;

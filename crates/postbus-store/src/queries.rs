@@ -137,7 +137,9 @@ pub const HAS_READY: &str = "SELECT EXISTS (SELECT 1 FROM postbus.messages c \
 
 /// Claims up to `$3` grouped messages of queue `$2` in sequence (id) order, for the node that
 /// holds the queue's 'groups' lease (so no other node claims grouped messages of this queue).
-/// A group with a message waiting for (re)delivery is skipped whole, so nothing overtakes it.
+/// A group with a message waiting for (re)delivery, or held by an SQL or HTTP receiver (a
+/// negative owner: one that committed while this node took the lease), is skipped whole, so
+/// nothing overtakes it.
 pub const CLAIM_GROUPED: &str = "UPDATE postbus.messages m SET owner = $1 \
      WHERE m.id = ANY(ARRAY( \
            SELECT c.id FROM postbus.messages c \
@@ -145,7 +147,8 @@ pub const CLAIM_GROUPED: &str = "UPDATE postbus.messages m SET owner = $1 \
              AND (c.expires_at = 0 OR c.expires_at > $4) \
              AND c.group_id NOT IN ( \
                  SELECT w.group_id FROM postbus.messages w \
-                 WHERE w.queue_id = $2 AND w.group_id IS NOT NULL AND w.ready_at IS NOT NULL) \
+                 WHERE w.queue_id = $2 AND w.group_id IS NOT NULL \
+                   AND (w.ready_at IS NOT NULL OR w.owner < 0)) \
            ORDER BY c.id \
            LIMIT $3 \
            FOR UPDATE SKIP LOCKED)) \
@@ -200,14 +203,13 @@ pub fn browse(filter_sql: &str, grouped: bool) -> String {
 }
 
 /// Takes (or confirms) a dispatch lease; a row comes back when this node holds it. A lease
-/// held by a node that is gone is taken over; one held by SQL receivers (a negative holder, see
-/// schema V5) only once no SQL lease on the queue is left, so none of their grouped messages is
-/// still in flight.
+/// held by a node that is gone is taken over; one held by SQL receivers (holder 0, see schema
+/// V5) only once no SQL lease on the queue is left.
 pub const ACQUIRE_LEASE: &str = "INSERT INTO postbus.queue_leases AS l (queue_id, kind, node_id) VALUES ($1, $2, $3) \
      ON CONFLICT (queue_id, kind) DO UPDATE SET node_id = excluded.node_id \
         WHERE l.node_id = excluded.node_id \
            OR (l.node_id > 0 AND l.node_id NOT IN (SELECT id FROM postbus.nodes)) \
-           OR (l.node_id < 0 AND NOT EXISTS (SELECT 1 FROM postbus.leases s WHERE s.queue_id = l.queue_id)) \
+           OR (l.node_id = 0 AND NOT EXISTS (SELECT 1 FROM postbus.leases s WHERE s.queue_id = l.queue_id)) \
      RETURNING node_id";
 
 pub const RELEASE_LEASES: &str =
@@ -389,15 +391,13 @@ pub const PENDING_PUBLICATIONS: &str = "SELECT DISTINCT m.queue_id FROM postbus.
 pub const LOCK_PUBLICATIONS: &str = "SELECT pg_try_advisory_xact_lock(1886352244, $1)";
 
 /// Up to `$2` publications of topic `$1`, oldest first, with their delivery time last.
-pub const PUBLICATIONS: &str = concat!(
-    "SELECT m.id, m.queue_id, m.priority, m.expires_at, m.delivery_count, m.persistent, \
+pub const PUBLICATIONS: &str = "SELECT m.id, m.queue_id, m.priority, m.expires_at, m.delivery_count, m.persistent, \
      m.sent_at, m.group_id, m.group_seq, m.correlation_id, m.reply_to, m.jms_type, m.content_type, \
      m.user_id, m.traceparent, m.tracestate, m.properties, m.property_types, m.dlq_reason, m.origin, \
      m.last_error, m.body, m.publish_id, m.topic, m.ready_at \
      FROM postbus.messages m \
      WHERE m.queue_id = $1 AND m.topic IS NOT NULL AND m.publish_id IS NULL \
-     ORDER BY m.id LIMIT $2 FOR UPDATE"
-);
+     ORDER BY m.id LIMIT $2 FOR UPDATE";
 
 /// Publications that have been copied.
 pub const DELETE_PUBLICATIONS: &str =

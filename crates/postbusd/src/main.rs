@@ -3,7 +3,6 @@
 //! serves STOMP and HTTP until SIGINT/SIGTERM.
 
 mod config;
-mod http;
 
 use std::path::PathBuf;
 
@@ -168,7 +167,7 @@ async fn serve(cfg: config::Config, url: String, dev: bool) -> anyhow::Result<()
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", cfg.http.listen))?;
         let addr = l.local_addr()?;
-        tokio::spawn(http::serve(l, engine.clone()));
+        tokio::spawn(postbus_broker::http::serve(l, engine.clone()));
         Some(addr)
     };
     tokio::spawn(postbus_broker::server::serve_stomp(engine.clone(), stomp));

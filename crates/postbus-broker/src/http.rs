@@ -1,22 +1,30 @@
-//! The HTTP listener: liveness and readiness (readiness checks the database), and the HTTP
-//! messaging API of docs/http-api.md (the logic is `postbus_broker::rest`; this maps routes,
-//! JSON and status codes).
+//! The HTTP listener's routes: liveness and readiness (readiness checks the database), and
+//! the HTTP messaging API of docs/http-api.md (the logic is in [`crate::rest`]; this maps
+//! routes, JSON and status codes).
 
+use crate::Engine;
+use crate::rest::{self, ApiError, ReceiveRequest, SendRequest};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use postbus_broker::Engine;
-use postbus_broker::rest::{self, ApiError, ReceiveRequest, SendRequest};
 use postbus_model::{Destination, DestinationKind};
 use serde::Deserialize;
 use serde_json::json;
 
+/// Serves the HTTP API on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, engine: Engine) {
+    if let Err(e) = axum::serve(listener, router(engine)).await {
+        tracing::error!(error = %e, "HTTP listener stopped");
+    }
+}
+
+/// Every route of the HTTP listener.
+pub fn router(engine: Engine) -> Router {
     // A JSON body carries the message body as text or base64 (4/3 of its size), plus headers.
     let body_limit = engine.config().max_body_bytes / 3 * 4 + 64 * 1024;
-    let app = Router::new()
+    Router::new()
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
         .route("/v1/queues/{name}/messages", post(send_queue))
@@ -30,10 +38,7 @@ pub async fn serve(listener: tokio::net::TcpListener, engine: Engine) {
         .route("/v1/receipts/{receipt}/ack", post(ack))
         .route("/v1/receipts/{receipt}/nack", post(nack))
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(engine);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "HTTP listener stopped");
-    }
+        .with_state(engine)
 }
 
 async fn ready(State(engine): State<Engine>) -> (StatusCode, String) {
