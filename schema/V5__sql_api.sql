@@ -573,9 +573,13 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'postbus_app') THEN
         BEGIN
             CREATE ROLE postbus_app NOLOGIN;
-        EXCEPTION WHEN insufficient_privilege THEN
-            RAISE NOTICE 'postbus: cannot create role postbus_app (needs CREATEROLE); see docs/sql-api.md';
-            RETURN;
+        EXCEPTION
+            WHEN insufficient_privilege THEN
+                RAISE NOTICE 'postbus: cannot create role postbus_app (needs CREATEROLE); see docs/sql-api.md';
+                RETURN;
+            -- Roles belong to the cluster: another database's migration made it just now.
+            WHEN duplicate_object OR unique_violation THEN
+                NULL;
         END;
     END IF;
     GRANT USAGE ON SCHEMA postbus TO postbus_app;
