@@ -24,7 +24,7 @@ struct Args {
     /// STOMP listen address.
     #[arg(long)]
     stomp_listen: Option<String>,
-    /// HTTP listen address (health; metrics and admin API to come). Empty: none.
+    /// HTTP listen address (health and the HTTP messaging API). Empty: none.
     #[arg(long)]
     http_listen: Option<String>,
     /// Admit connections without credentials (development only).
