@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::config::BrokerConfig;
 use crate::queue::{QueueRuntime, run_dispatcher};
+use crate::security::Security;
 use crate::writer::{CommitObserver, WriteError, WriterLimits, Writers};
 
 /// Errors the engine reports to sessions and the admin surface.
@@ -44,6 +45,7 @@ const TEMP_QUEUE_DLQ: &str = "DLQ.temp-queues";
 
 struct Inner {
     config: BrokerConfig,
+    security: Arc<Security>,
     store: Store,
     node: NodeId,
     node_name: String,
@@ -249,7 +251,18 @@ fn fresh_message(
 impl Engine {
     /// Registers this node, takes back what a previous incarnation held, and starts the
     /// writers and background jobs.
+    /// Starts an engine that admits every client and allows everything (tests; see
+    /// [`Engine::start_secured`]).
     pub async fn start(config: BrokerConfig, store: Store) -> Result<Engine, EngineError> {
+        Self::start_secured(config, store, Arc::new(Security::anonymous())).await
+    }
+
+    /// Starts an engine that authenticates and authorizes clients with `security`.
+    pub async fn start_secured(
+        config: BrokerConfig,
+        store: Store,
+        security: Arc<Security>,
+    ) -> Result<Engine, EngineError> {
         let hostname = std::fs::read_to_string("/etc/hostname")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "localhost".into());
@@ -277,6 +290,7 @@ impl Engine {
             );
             Inner {
                 config,
+                security,
                 store,
                 node,
                 node_name,
@@ -293,6 +307,25 @@ impl Engine {
         let engine = Engine(inner);
         engine.spawn_background();
         Ok(engine)
+    }
+
+    /// Authentication and the policies in force.
+    pub fn security(&self) -> &Arc<Security> {
+        &self.0.security
+    }
+
+    /// Whether a queue (or, with `topic`, a topic) exists, for the `create` permission.
+    pub async fn destination_exists(
+        &self,
+        kind: DestinationKind,
+        name: &str,
+    ) -> Result<bool, EngineError> {
+        let cached = match kind {
+            DestinationKind::Queue => self.lock_queues().by_name.contains_key(name),
+            DestinationKind::Topic => self.lock_topics().contains_key(name),
+            _ => false,
+        };
+        Ok(cached || self.0.store.find_destination(kind, name).await?.is_some())
     }
 
     pub fn config(&self) -> &BrokerConfig {

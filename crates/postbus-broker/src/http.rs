@@ -5,10 +5,11 @@
 use crate::Engine;
 use crate::rest::{self, ApiError, ReceiveRequest, SendRequest};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use postbus_auth::{Action, Identity};
 use postbus_model::{Destination, DestinationKind};
 use serde::Deserialize;
 use serde_json::json;
@@ -64,8 +65,63 @@ impl From<ApiError> for Failure {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let mut r = (self.0, Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("a header value"),
+            );
+        }
+        r
     }
+}
+
+/// Who sends the request: its bearer token, verified (401 when missing or refused).
+fn identify(engine: &Engine, headers: &HeaderMap) -> Result<Identity, Failure> {
+    let token = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let v = v.to_str().unwrap_or_default();
+            match v
+                .strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+            {
+                Some(t) => Some(t.trim()),
+                None => {
+                    return Err(Failure(
+                        StatusCode::UNAUTHORIZED,
+                        "the Authorization header must be `Bearer <JWT>`".into(),
+                    ));
+                }
+            }
+        }
+    };
+    engine
+        .security()
+        .authenticate(token)
+        .map_err(|e| Failure(StatusCode::UNAUTHORIZED, e.to_string()))
+}
+
+/// 403 unless the policies allow `who` to do `action` to `destination`.
+fn authorize(
+    engine: &Engine,
+    who: &Identity,
+    action: Action,
+    destination: &str,
+) -> Result<(), Failure> {
+    let d = engine.security().decide(who, action, destination);
+    if d.allowed {
+        return Ok(());
+    }
+    tracing::warn!(principal = %who.principal, action = action.as_str(), destination, reason = %d.explain(), "authorization denied (HTTP)");
+    Err(Failure(
+        StatusCode::FORBIDDEN,
+        format!(
+            "not authorized: {} may not {action} {destination} ({})",
+            who.principal,
+            d.explain()
+        ),
+    ))
 }
 
 /// The request body as JSON, with a 400 that says what is wrong (axum's own rejection text
@@ -84,16 +140,31 @@ fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Fai
 
 async fn send_to(
     engine: &Engine,
+    headers: &HeaderMap,
     kind: DestinationKind,
     name: &str,
     body: &[u8],
 ) -> Result<Response, Failure> {
+    let who = identify(engine, headers)?;
     let destination = Destination::parse_stomp(&format!("/{}/{name}", kind.as_str()))
         .map_err(|e| Failure(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let stomp = destination.to_stomp();
+    authorize(engine, &who, Action::Send, &stomp)?;
+    if kind != DestinationKind::TempQueue
+        && !engine
+            .security()
+            .decide(&who, Action::Create, &stomp)
+            .allowed
+        && !engine
+            .destination_exists(kind, name)
+            .await
+            .map_err(|e| Failure(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+    {
+        authorize(engine, &who, Action::Create, &stomp)?;
+    }
     let req: SendRequest = parse(body)?;
-    // JMSXUserID is the authenticated principal; the HTTP API has no authentication yet
-    // (docs/http-api.md), so it is left empty rather than taken from the client.
-    let message = rest::new_message(req, None, postbus_model::now_ms())?;
+    // JMSXUserID is the authenticated principal, whatever the request says.
+    let message = rest::new_message(req, Some(&who.principal), postbus_model::now_ms())?;
     let sent = rest::send(engine, &destination, message).await?;
     let status = if sent.duplicate {
         StatusCode::OK
@@ -106,32 +177,38 @@ async fn send_to(
 async fn send_queue(
     State(engine): State<Engine>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    send_to(&engine, DestinationKind::Queue, &name, &body).await
+    send_to(&engine, &headers, DestinationKind::Queue, &name, &body).await
 }
 
 async fn send_topic(
     State(engine): State<Engine>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    send_to(&engine, DestinationKind::Topic, &name, &body).await
+    send_to(&engine, &headers, DestinationKind::Topic, &name, &body).await
 }
 
 async fn send_temp_queue(
     State(engine): State<Engine>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    send_to(&engine, DestinationKind::TempQueue, &name, &body).await
+    send_to(&engine, &headers, DestinationKind::TempQueue, &name, &body).await
 }
 
 async fn receive_from(
     engine: &Engine,
+    headers: &HeaderMap,
     destination: String,
     body: &[u8],
 ) -> Result<Response, Failure> {
+    let who = identify(engine, headers)?;
+    authorize(engine, &who, Action::Consume, &destination)?;
     let req: ReceiveRequest = parse(body)?;
     let messages = rest::receive(engine, &destination, req).await?;
     Ok(Json(json!({ "messages": messages })).into_response())
@@ -140,17 +217,19 @@ async fn receive_from(
 async fn receive_queue(
     State(engine): State<Engine>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    receive_from(&engine, format!("/queue/{name}"), &body).await
+    receive_from(&engine, &headers, format!("/queue/{name}"), &body).await
 }
 
 async fn receive_subscription(
     State(engine): State<Engine>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    receive_from(&engine, format!("/subscription/{name}"), &body).await
+    receive_from(&engine, &headers, format!("/subscription/{name}"), &body).await
 }
 
 #[derive(Default, Deserialize)]
@@ -180,15 +259,18 @@ async fn settle(
 async fn ack(
     State(engine): State<Engine>,
     Path(receipt): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, Failure> {
+    identify(&engine, &headers)?;
     settle(&engine, &receipt, true, None).await
 }
-
 async fn nack(
     State(engine): State<Engine>,
     Path(receipt): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
+    identify(&engine, &headers)?;
     let req: NackRequest = parse(&body)?;
     settle(&engine, &receipt, false, req.error.as_deref()).await
 }

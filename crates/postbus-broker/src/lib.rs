@@ -6,6 +6,7 @@
 //! - [`engine`]: the shared broker state: destinations, queue runtimes, node lease, background jobs.
 //! - [`queue`]: one queue's consumers, credit, message groups and in-flight bookkeeping.
 //! - [`writer`]: group commit: units of many connections written in one transaction.
+//! - [`security`]: authentication (JWT) and the policies in force, reloaded on change.
 //! - [`selecting`]: a consumer's JMS selector (exact evaluation and SQL narrowing).
 //! - [`send`]: turns a SEND frame into a validated message.
 //! - [`http`]: the HTTP listener's routes (health, the messaging API).
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod http;
 pub mod queue;
 pub mod rest;
+pub mod security;
 pub mod selecting;
 pub mod send;
 pub mod server;

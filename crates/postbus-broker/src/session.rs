@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
-use postbus_model::{DestinationKind, QueueSettings, StoredMessage};
+use postbus_auth::{Action, Identity};
+use postbus_model::{Destination, DestinationKind, QueueSettings, StoredMessage};
 use postbus_stomp::{Command, Frame, Item, StompCodec, Version, negotiate_version};
 use postbus_store::{InsertOutcome, InsertRow, ReleaseRow, SubscriptionSpec, Unit, UnitOutcome};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -110,7 +111,8 @@ struct Session {
     conn: u64,
     version: Version,
     client_id: Option<String>,
-    user: Option<String>,
+    /// Who the client authenticated as (JMSXUserID of its messages, subject of its checks).
+    identity: Identity,
     subs: HashMap<String, Subscription>,
     /// Message id -> subscription id, for the messages in flight to this connection.
     delivered: HashMap<i64, String>,
@@ -194,12 +196,23 @@ where
         .header("client-id")
         .filter(|c| !c.is_empty())
         .map(str::to_owned);
-    // Authentication arrives with its own issue; until then only --allow-anonymous brokers run,
-    // and the login header (if any) names the principal recorded as JMSXUserID.
-    let user = first
-        .header("login")
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned);
+    // The passcode carries the JWT; `login` is not trusted for anything.
+    let identity = match engine.security().authenticate(first.header("passcode")) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(conn, %peer, error = %e, "authentication failed");
+            let _ = writer.send(error_frame(&e.to_string(), "", None)).await;
+            return;
+        }
+    };
+    // A token that expires while connected ends the session then.
+    let expires = identity.expires_at.map(|exp| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+    });
     let kick = match &client_id {
         Some(id) => Some(engine.claim_client_id(id, conn).await),
         None => None,
@@ -238,7 +251,7 @@ where
         conn,
         version,
         client_id: client_id.clone(),
-        user,
+        identity,
         subs: HashMap::new(),
         delivered: HashMap::new(),
         transactions: HashMap::new(),
@@ -262,6 +275,7 @@ where
             Some(note) = acked_rx.recv() => s.auto_ack(note),
             Some(event) = events_rx.recv() => s.deliver(event),
             _ = kick.notified() => break End::error("another connection took over this client-id", None),
+            _ = until(expires), if expires.is_some() => break End::error("the token expired: reconnect with a fresh one", None),
             _ = room_or_deadline(&s.held), if s.held.is_some() => s.held = None,
             // Back-pressure: a connection with too many writes unfinished, or held back by a
             // full queue, is not read (TCP then slows the client down).
@@ -417,6 +431,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 use tokio::io::AsyncWriteExt;
 
+/// Sleeps until `at` (forever when None; the select branch is disabled then anyway).
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn error_frame(message: &str, detail: &str, receipt: Option<&str>) -> Frame {
     let one_line: String = message.replace(['\n', '\r'], " ");
     let mut f = Frame::new(Command::Error).with_header("message", one_line);
@@ -563,12 +585,89 @@ impl Session {
         }
     }
 
+    /// Checks the policies: `action` on `destination`, and `create` too when a queue or topic
+    /// would be created by this use. This connection's own temporary queues need no rule.
+    async fn authorize_destination(
+        &mut self,
+        action: Action,
+        destination: &Destination,
+        receipt: Option<&str>,
+    ) -> Option<End> {
+        let kind = destination.kind;
+        if kind == DestinationKind::TempQueue && parse_temp_global(&destination.name).is_none() {
+            return None;
+        }
+        let name = destination.to_stomp();
+        if let Some(end) = self.authorize(action, &name, receipt) {
+            return Some(end);
+        }
+        // Sending creates a queue or topic on first use; the lookup is skipped when creating
+        // is allowed anyway.
+        let creates = action == Action::Send
+            && matches!(kind, DestinationKind::Queue | DestinationKind::Topic);
+        if creates
+            && !self
+                .engine
+                .security()
+                .decide(&self.identity, Action::Create, &name)
+                .allowed
+        {
+            match self
+                .engine
+                .destination_exists(kind, &destination.name)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return self.authorize(Action::Create, &name, receipt),
+                Err(e) => return Some(End::error(e.to_string(), receipt)),
+            }
+        }
+        None
+    }
+
+    /// An ERROR (which ends the connection) when the policies do not allow it.
+    fn authorize(&self, action: Action, destination: &str, receipt: Option<&str>) -> Option<End> {
+        let decision = self
+            .engine
+            .security()
+            .decide(&self.identity, action, destination);
+        if decision.allowed {
+            return None;
+        }
+        tracing::warn!(
+            conn = self.conn,
+            principal = %self.identity.principal,
+            action = action.as_str(),
+            destination,
+            reason = %decision.explain(),
+            "authorization denied"
+        );
+        Some(End::error(
+            format!(
+                "not authorized: {} may not {action} {destination} ({})",
+                self.identity.principal,
+                decision.explain()
+            ),
+            receipt,
+        ))
+    }
+
     async fn on_send(&mut self, frame: &Frame) -> Option<End> {
         let receipt = frame.header("receipt").map(str::to_owned);
-        let mut req = match parse_send(frame, self.user.as_deref(), postbus_model::now_ms()) {
+        let mut req = match parse_send(
+            frame,
+            Some(self.identity.principal.as_str()),
+            postbus_model::now_ms(),
+        ) {
             Ok(req) => req,
             Err(e) => return Some(End::error(e, receipt.as_deref())),
         };
+        if let Some(end) = self
+            .authorize_destination(Action::Send, &req.destination, receipt.as_deref())
+            .await
+        {
+            return Some(end);
+        }
         // A reply-to naming one of this connection's temporary queues is rewritten to its
         // global name, which whoever replies can send to (the queue is made now, so a reply
         // that comes at once is not lost).
@@ -733,6 +832,14 @@ impl Session {
                 "browse applies to queues: a topic holds no messages of its own",
                 r,
             ));
+        }
+        let action = if browse {
+            Action::Browse
+        } else {
+            Action::Consume
+        };
+        if let Some(end) = self.authorize_destination(action, &destination, r).await {
+            return Some(end);
         }
         let prefetch_header = frame
             .header("prefetch")

@@ -68,11 +68,61 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     /// Admit connections without credentials (development only).
     pub allow_anonymous: bool,
+    /// Development quickstart: with no JWT keys configured, make an HMAC key under the data
+    /// directory, mint a token for principal `dev` with role `operator`, and print it.
+    pub dev_token: bool,
+    /// Public keys (PEM: RSA, EC or Ed25519) that verify JWTs.
+    pub jwt_keys: Vec<PathBuf>,
+    /// A JWKS file with the verification keys.
+    pub jwt_jwks: Option<PathBuf>,
+    /// A file holding a shared HMAC secret (HS256/384/512; never beside public keys).
+    pub jwt_hmac_secret_file: Option<PathBuf>,
+    /// Accepted algorithms; empty: all of the configured keys' families.
+    pub jwt_algorithms: Vec<String>,
+    /// Required `iss` claim.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`, seconds.
+    pub jwt_leeway_s: u64,
+    /// The claim that lists the principal's roles.
+    pub jwt_roles_claim: String,
+    /// Directory of policy files (`*.toml`). Required with JWT authentication (default
+    /// `policies`); with `allow_anonymous` and none given, everything is allowed.
+    pub policies_dir: Option<PathBuf>,
+    /// How often the policy files are checked for changes, ms.
+    pub policy_reload_ms: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            allow_anonymous: false,
+            dev_token: false,
+            jwt_keys: Vec::new(),
+            jwt_jwks: None,
+            jwt_hmac_secret_file: None,
+            jwt_algorithms: Vec::new(),
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_s: 30,
+            jwt_roles_claim: "roles".into(),
+            policies_dir: None,
+            policy_reload_ms: 2000,
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// Whether any JWT verification key is configured.
+    pub fn jwt_configured(&self) -> bool {
+        !self.jwt_keys.is_empty() || self.jwt_jwks.is_some() || self.jwt_hmac_secret_file.is_some()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

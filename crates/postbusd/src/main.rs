@@ -3,10 +3,11 @@
 //! serves STOMP and HTTP until SIGINT/SIGTERM.
 
 mod config;
+mod security;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use postbus_broker::Engine;
 use postbus_store::{Store, StoreConfig};
@@ -30,6 +31,19 @@ struct Args {
     /// Admit connections without credentials (development only).
     #[arg(long)]
     allow_anonymous: bool,
+    /// Development quickstart: make a key under --data-dir, mint a token for `dev` (role
+    /// operator) and print it. Ignored when JWT keys are configured.
+    #[arg(long)]
+    dev_token: bool,
+    /// A public key (PEM) that verifies JWTs; repeat for several.
+    #[arg(long = "jwt-key", value_name = "FILE")]
+    jwt_keys: Vec<PathBuf>,
+    /// A JWKS file with the keys that verify JWTs.
+    #[arg(long, value_name = "FILE")]
+    jwt_jwks: Option<PathBuf>,
+    /// Directory of policy files (default with JWT authentication: ./policies).
+    #[arg(long = "policies", value_name = "DIR")]
+    policies_dir: Option<PathBuf>,
     /// Where development mode keeps its private PostgreSQL.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -54,18 +68,25 @@ fn main() -> anyhow::Result<()> {
     if args.allow_anonymous {
         cfg.security.allow_anonymous = true;
     }
+    if args.dev_token {
+        cfg.security.dev_token = true;
+    }
+    cfg.security.jwt_keys.extend(args.jwt_keys);
+    if let Some(j) = args.jwt_jwks {
+        cfg.security.jwt_jwks = Some(j);
+    }
+    if let Some(p) = args.policies_dir {
+        cfg.security.policies_dir = Some(p);
+    }
     if let Some(d) = args.data_dir {
         cfg.dev.data_dir = d;
     }
-    if !cfg.security.allow_anonymous {
-        bail!(
-            "no authentication is configured: start with --allow-anonymous (development only) \
-             or set security.allow_anonymous = true"
-        );
-    }
-    tracing::warn!(
-        "ANONYMOUS ACCESS: every client is admitted without credentials (--allow-anonymous); do not expose this broker"
-    );
+    let dev_token = if !cfg.security.jwt_configured() && cfg.security.dev_token {
+        Some(security::dev_quickstart(&mut cfg)?)
+    } else {
+        None
+    };
+    let security = security::build(&cfg.security)?;
 
     // The development cluster lives as long as this process (stopped on exit).
     let mut dev_cluster = None;
@@ -82,7 +103,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(cfg, url, dev_cluster.is_some()));
+    let result = runtime.block_on(serve(cfg, url, dev_cluster.is_some(), security, dev_token));
     drop(runtime);
     drop(dev_cluster);
     result
@@ -136,7 +157,13 @@ fn start_dev_cluster(dir: &std::path::Path) -> anyhow::Result<postbus_pgctl::Clu
     Ok(cluster)
 }
 
-async fn serve(cfg: config::Config, url: String, dev: bool) -> anyhow::Result<()> {
+async fn serve(
+    cfg: config::Config,
+    url: String,
+    dev: bool,
+    security: std::sync::Arc<postbus_broker::security::Security>,
+    dev_token: Option<String>,
+) -> anyhow::Result<()> {
     let mut store_cfg = StoreConfig::new(url.clone());
     store_cfg.pool_size = cfg.database.pool_size;
     store_cfg.connect_timeout = std::time::Duration::from_millis(cfg.database.connect_timeout_ms);
@@ -149,7 +176,15 @@ async fn serve(cfg: config::Config, url: String, dev: bool) -> anyhow::Result<()
     for (v, t) in &applied {
         tracing::info!(version = v, title = %t, "migration applied");
     }
-    let engine = Engine::start(cfg.broker.clone(), store.clone()).await?;
+    let engine = Engine::start_secured(cfg.broker.clone(), store.clone(), security.clone()).await?;
+    if let Some(dir) = security::policy_dir(&cfg.security) {
+        postbus_broker::security::spawn_policy_reloader(
+            security,
+            dir,
+            std::time::Duration::from_millis(cfg.security.policy_reload_ms.max(100)),
+            |_| {},
+        );
+    }
 
     let stomp = tokio::net::TcpListener::bind(&cfg.stomp.listen)
         .await
@@ -181,6 +216,13 @@ async fn serve(cfg: config::Config, url: String, dev: bool) -> anyhow::Result<()
     }
     if dev {
         println!("  database {url} (private development PostgreSQL)");
+    }
+    if let Some(token) = &dev_token {
+        println!(
+            "  token    {} (development token for `dev`, role operator; also in {})",
+            token,
+            cfg.dev.data_dir.join("dev-token").display()
+        );
     }
     println!("try it:");
     println!("  postbus --stomp {stomp_addr} send /queue/hello 'hello, postbus'");
