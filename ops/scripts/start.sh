@@ -9,4 +9,4 @@ ensure_rust
 ensure_pg
 cargo build --release --bins -q
 export PATH="$PWD/target/release:$PATH"
-exec postbusd --allow-anonymous "$@"
+exec postbusd --dev-token "$@"

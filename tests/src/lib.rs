@@ -231,9 +231,33 @@ impl TestBroker {
         Self::on_database(&url, store, config).await
     }
 
+    /// A broker on a fresh database that authenticates and authorizes with `security`.
+    pub async fn start_secured(
+        config: BrokerConfig,
+        security: std::sync::Arc<postbus_broker::security::Security>,
+    ) -> TestBroker {
+        let (url, store) = fresh_store().await;
+        Self::on_database_secured(&url, store, config, security).await
+    }
+
     /// Another broker on an existing database (several brokers on one database).
     pub async fn on_database(url: &str, store: Store, config: BrokerConfig) -> TestBroker {
-        let engine = Engine::start(config, store.clone())
+        Self::on_database_secured(
+            url,
+            store,
+            config,
+            std::sync::Arc::new(postbus_broker::security::Security::anonymous()),
+        )
+        .await
+    }
+
+    async fn on_database_secured(
+        url: &str,
+        store: Store,
+        config: BrokerConfig,
+        security: std::sync::Arc<postbus_broker::security::Security>,
+    ) -> TestBroker {
+        let engine = Engine::start_secured(config, store.clone(), security)
             .await
             .expect("engine start");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -5,6 +5,7 @@
 
 mod bench;
 mod messaging;
+mod policy;
 mod queues;
 mod selectors;
 
@@ -27,7 +28,8 @@ struct Cli {
     /// STOMP login (the principal).
     #[arg(long, global = true, env = "POSTBUS_LOGIN")]
     login: Option<String>,
-    /// STOMP passcode (a JWT once authentication is configured).
+    /// STOMP passcode: the JWT. Default: the development token a `postbusd --dev-token`
+    /// wrote under --data-dir, if there is one.
     #[arg(long, global = true, env = "POSTBUS_PASSCODE", hide_env_values = true)]
     passcode: Option<String>,
     /// PostgreSQL URL for queue and database commands. Default: the development database that
@@ -59,6 +61,9 @@ enum Cmd {
     /// Check JMS message selectors and run selector test cases.
     #[command(subcommand)]
     Selector(selectors::SelectorCmd),
+    /// Check access policies: would a principal be allowed an action on a destination?
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
     /// Load-test any STOMP 1.2 broker: producers, consumers, receipts, transactions, groups.
     Bench(bench::BenchArgs),
 }
@@ -126,7 +131,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench(a) => bench::run(a).await,
+        Cmd::Bench(a) => {
+            let mut a = a.clone();
+            if a.passcode.is_none() {
+                a.passcode = messaging::passcode(&cli);
+            }
+            bench::run(&a).await
+        }
+        Cmd::Policy(p) => {
+            let code = policy::run(&cli, p)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Cmd::Selector(s) => {
             let code = selectors::run(&cli, s)?;
             if code != 0 {

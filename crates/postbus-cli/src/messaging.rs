@@ -47,10 +47,20 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
 }
 
+/// The passcode to send: the one given, else the development token under --data-dir.
+pub fn passcode(cli: &Cli) -> Option<String> {
+    cli.passcode.clone().or_else(|| {
+        std::fs::read_to_string(cli.data_dir.join("dev-token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    })
+}
+
 pub async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let opts = ConnectOptions {
         login: cli.login.clone(),
-        passcode: cli.passcode.clone(),
+        passcode: passcode(cli),
         ..Default::default()
     };
     Ok(Client::connect(&cli.stomp, &opts).await?)
