@@ -29,6 +29,11 @@ CREATE TABLE postbus.leases (
 CREATE INDEX leases_expiry ON postbus.leases (expires_at);
 CREATE INDEX leases_queue ON postbus.leases (queue_id);
 
+-- Groups with a message in flight, per queue: SQL receivers and the broker's grouped claim
+-- skip them (messages_in_flight has no queue_id, so it would read every held message).
+CREATE INDEX messages_groups_held ON postbus.messages (queue_id, group_id)
+    WHERE group_id IS NOT NULL AND owner IS NOT NULL;
+
 -- Topic publications sent through SQL, waiting for a broker to copy them to subscriptions.
 CREATE INDEX messages_publications ON postbus.messages (queue_id, id)
     WHERE topic IS NOT NULL AND publish_id IS NULL;
@@ -127,11 +132,12 @@ BEGIN
                 RAISE EXCEPTION 'postbus: property % is out of range for a double', k USING ERRCODE = '22003';
             END IF;
             IF (t IN ('byte', 'short', 'int', 'long') OR (t IS NULL AND scale(num) = 0 AND v::text !~ '[.eE]'))
-               AND (num <> trunc(num) OR num NOT BETWEEN
+               AND (v::text ~ '[.eE]' OR num NOT BETWEEN
                    (CASE t WHEN 'byte' THEN -128 WHEN 'short' THEN -32768 WHEN 'int' THEN -2147483648 ELSE -9223372036854775808 END)
                    AND (CASE t WHEN 'byte' THEN 127 WHEN 'short' THEN 32767 WHEN 'int' THEN 2147483647 ELSE 9223372036854775807 END)) THEN
                 RAISE EXCEPTION 'postbus: property % = % is not a % value', k, v::text, coalesce(t, 'long')
-                    USING ERRCODE = '22003', HINT = 'integers without a declared type are longs; declare "double" for larger numbers';
+                    USING ERRCODE = '22003',
+                          HINT = 'integer types take integers written without a fraction or exponent, in range; integers without a declared type are longs; declare "double" for larger numbers';
             END IF;
         END IF;
     END LOOP;
@@ -226,33 +232,35 @@ BEGIN
 END $$;
 
 -- Returns the messages of leases that ran out to their queues, their delivery counted (the
--- consumer saw them and did not settle them). Returns how many came back.
-CREATE FUNCTION postbus.expire_leases() RETURNS integer
+-- consumer saw them and did not settle them): all queues', or only queue `queue_id`'s. Lease
+-- rows are taken FOR UPDATE SKIP LOCKED, so expirers never wait for each other (a receiver
+-- expires only its own queue's leases, inside its transaction). Returns how many came back.
+CREATE FUNCTION postbus.expire_leases(queue_id integer DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 DECLARE
     gone bigint[];
-    queues integer[];
+    queues text[];
     n integer := 0;
+    k integer;
 BEGIN
-    -- One expirer at a time (receivers call this too): two would wait on each other's rows.
-    IF NOT pg_try_advisory_xact_lock(8103510839219430757) THEN
-        RETURN 0;
-    END IF;
-    SELECT array_agg(l.id) INTO gone FROM postbus.leases l WHERE l.expires_at <= postbus.now_ms();
+    SELECT array_agg(l.id) INTO gone FROM (
+        SELECT x.id FROM postbus.leases x
+        WHERE x.expires_at <= postbus.now_ms()
+          AND (expire_leases.queue_id IS NULL OR x.queue_id = expire_leases.queue_id)
+        FOR UPDATE SKIP LOCKED) l;
     IF gone IS NULL THEN
         RETURN 0;
     END IF;
     WITH back AS (
         UPDATE postbus.messages m SET owner = NULL, delivery_count = m.delivery_count + 1
         WHERE m.owner = ANY(gone) RETURNING m.queue_id)
-    SELECT array_agg(DISTINCT queue_id), count(*) INTO queues, n FROM back;
+    SELECT array_agg(DISTINCT b.queue_id::text), count(*) INTO queues, n FROM back b;
     DELETE FROM postbus.leases WHERE id = ANY(gone);
-    DELETE FROM postbus.queue_leases q WHERE q.node_id = 0
-        AND NOT EXISTS (SELECT 1 FROM postbus.leases s WHERE s.queue_id = q.queue_id);
-    IF queues IS NOT NULL THEN
-        PERFORM pg_notify('postbus_wake', array_to_string(queues, ','));
-    END IF;
+    -- A NOTIFY payload must stay under 8000 bytes.
+    FOR k IN 0 .. coalesce(cardinality(queues), 0) - 1 BY 500 LOOP
+        PERFORM pg_notify('postbus_wake', array_to_string(queues[k + 1 : k + 500], ','));
+    END LOOP;
     RETURN n;
 END $$;
 
@@ -326,17 +334,12 @@ LANGUAGE sql STABLE AS $$
     ORDER BY m.group_id IS NOT NULL, CASE WHEN m.group_id IS NULL THEN m.priority END DESC NULLS LAST, m.id;
 $$;
 
--- Ends the lease of `lease` when it holds nothing any more; with the queue's last SQL lease
--- goes the SQL receivers' hold on its groups, so a broker may take them over at once.
+-- Ends the lease of `lease` when it holds nothing any more; once the queue's last SQL lease
+-- is gone a broker may take over its groups (ACQUIRE_LEASE looks for leases).
 CREATE FUNCTION postbus.end_lease_if_empty(lease bigint) RETURNS void
 LANGUAGE sql AS $$
-    WITH gone AS (
-        DELETE FROM postbus.leases l WHERE l.id = lease
-          AND NOT EXISTS (SELECT 1 FROM postbus.messages m WHERE m.owner = lease)
-        RETURNING l.queue_id)
-    DELETE FROM postbus.queue_leases q
-    WHERE q.node_id = 0 AND q.queue_id IN (SELECT queue_id FROM gone)
-      AND NOT EXISTS (SELECT 1 FROM postbus.leases s WHERE s.queue_id = q.queue_id AND s.id <> lease);
+    DELETE FROM postbus.leases l WHERE l.id = lease
+      AND NOT EXISTS (SELECT 1 FROM postbus.messages m WHERE m.owner = lease);
 $$;
 
 -- Takes up to max_messages deliverable messages of a queue, temporary queue or subscription
@@ -387,10 +390,10 @@ BEGIN
         RAISE EXCEPTION 'postbus: max_messages % is not between 1 and 10000', receive.max_messages
             USING ERRCODE = '22023';
     END IF;
-    IF receive.lease_ms IS NULL OR receive.lease_ms < 1 THEN
-        RAISE EXCEPTION 'postbus: lease_ms must be at least 1 (milliseconds)' USING ERRCODE = '22023';
+    IF receive.lease_ms IS NULL OR receive.lease_ms NOT BETWEEN 1 AND 43200000 THEN
+        RAISE EXCEPTION 'postbus: lease_ms % is not between 1 and 43200000 (12 hours)', receive.lease_ms
+            USING ERRCODE = '22023';
     END IF;
-    PERFORM postbus.expire_leases();
     d := postbus.resolve_destination(receive.destination, false);
     IF d.id IS NULL THEN
         IF receive.destination LIKE '/%' AND receive.destination NOT LIKE '/queue/%' THEN
@@ -402,6 +405,7 @@ BEGIN
         RAISE EXCEPTION 'postbus: receive from a subscription of the topic, not from % itself', receive.destination
             USING ERRCODE = '22023', HINT = 'e.g. postbus.receive(''/subscription/durable:CLIENTID:NAME'')';
     END IF;
+    PERFORM postbus.expire_leases(d.id);
     -- An exclusive queue a broker serves has one consumer already.
     IF d.exclusive AND EXISTS (SELECT 1 FROM postbus.queue_leases l JOIN postbus.nodes n ON n.id = l.node_id
                                WHERE l.queue_id = d.id AND l.kind = 'exclusive') THEN
@@ -421,9 +425,10 @@ BEGIN
     GET DIAGNOSTICS taken = ROW_COUNT;
 
     -- Grouped messages: only under the queue's 'groups' lease, which a broker dispatching the
-    -- queue's groups holds. SQL receivers hold it together (holder 0) while any SQL lease on
-    -- the queue lives, claim grouped messages one transaction at a time (the row lock), and
-    -- skip every group with a message in flight or waiting, so none overtakes.
+    -- queue's groups holds. SQL receivers hold it together (holder 0; a broker takes it over
+    -- once no SQL lease on the queue is left), claim grouped messages one transaction at a
+    -- time (the row lock; others skip grouped messages meanwhile), and skip every group with
+    -- a message in flight or waiting, so none overtakes.
     IF taken < receive.max_messages AND EXISTS (
         SELECT 1 FROM postbus.messages c
         WHERE c.queue_id = d.id AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NOT NULL) THEN
@@ -436,7 +441,9 @@ BEGIN
                 UPDATE postbus.queue_leases l SET node_id = 0 WHERE l.queue_id = d.id AND l.kind = 'groups';
                 may_group := true;
             END IF;
-        ELSE
+        ELSIF pg_try_advisory_xact_lock(1886352245, d.id) THEN
+            -- No row yet (or another transaction holds it): the advisory lock keeps two
+            -- receivers from waiting on each other's insert.
             INSERT INTO postbus.queue_leases (queue_id, kind, node_id) VALUES (d.id, 'groups', 0)
                 ON CONFLICT DO NOTHING;
             may_group := FOUND;
@@ -466,23 +473,23 @@ BEGIN
     RETURN QUERY SELECT * FROM postbus.leased(lease);
 END $$;
 
--- The message rows a handle names among those SQL receivers hold: a receipt '<row>:<lease>'
--- names one (and only while that lease holds it); a message id 'ID:<n>' names the message or
--- its topic copies held by any SQL lease.
-CREATE FUNCTION postbus.held_rows(handle text) RETURNS SETOF bigint
+-- The message rows a handle names among those SQL receivers hold, with the owner they must
+-- still have when settled: a receipt '<row>:<lease>' names one row, held by that lease (so a
+-- receipt whose lease lapsed never settles a later delivery); a message id 'ID:<n>' names the
+-- message or its topic copies held by any SQL lease.
+CREATE FUNCTION postbus.held_rows(handle text) RETURNS TABLE (id bigint, owner bigint)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     parts text[];
 BEGIN
-    IF handle ~ '^[0-9]+:[0-9]+$' THEN
+    IF handle ~ '^[0-9]{1,18}:[0-9]{1,18}$' THEN
         parts := string_to_array(handle, ':');
-        RETURN QUERY SELECT m.id FROM postbus.messages m
-            WHERE m.id = parts[1]::bigint AND m.owner = -(parts[2]::bigint);
-    ELSIF handle ~ '^ID:[0-9]+$' THEN
-        RETURN QUERY SELECT m.id FROM postbus.messages m
+        RETURN QUERY SELECT parts[1]::bigint, -(parts[2]::bigint);
+    ELSIF handle ~ '^ID:[0-9]{1,18}$' THEN
+        RETURN QUERY SELECT m.id, m.owner FROM postbus.messages m
             WHERE m.id = substr(handle, 4)::bigint AND m.owner < 0
             UNION ALL
-            SELECT m.id FROM postbus.messages m
+            SELECT m.id, m.owner FROM postbus.messages m
             WHERE m.publish_id = substr(handle, 4)::bigint AND m.owner < 0;
     ELSE
         RAISE EXCEPTION 'postbus: % is neither a receipt nor a message id', quote_literal(handle)
@@ -497,17 +504,21 @@ CREATE FUNCTION postbus.ack(handle text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 DECLARE
-    ids bigint[];
+    held bigint[];
+    holders bigint[];
     leases bigint[];
     l bigint;
 BEGIN
-    ids := ARRAY(SELECT postbus.held_rows(handle));
-    IF cardinality(ids) > 1 THEN
-        RAISE EXCEPTION 'postbus: % names % held topic copies', handle, cardinality(ids)
+    SELECT array_agg(h.id), array_agg(h.owner) INTO held, holders FROM postbus.held_rows(handle) h;
+    IF cardinality(held) > 1 THEN
+        RAISE EXCEPTION 'postbus: % names % held topic copies', handle, cardinality(held)
             USING ERRCODE = '21000', HINT = 'acknowledge each copy by the receipt postbus.receive returned';
     END IF;
-    WITH gone AS (DELETE FROM postbus.messages m WHERE m.id = ANY(ids) AND m.owner < 0 RETURNING m.owner)
-    SELECT array_agg(owner) INTO leases FROM gone;
+    -- The owner is matched again here, on the row as it is when locked.
+    WITH gone AS (
+        DELETE FROM postbus.messages m
+        WHERE m.id = held[1] AND m.owner = holders[1] AND m.owner < 0 RETURNING m.owner)
+    SELECT array_agg(g.owner) INTO leases FROM gone g;
     IF leases IS NULL THEN
         RETURN false;
     END IF;
@@ -524,19 +535,21 @@ CREATE FUNCTION postbus.nack(handle text, error text DEFAULT NULL) RETURNS boole
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 DECLARE
-    ids bigint[];
+    held bigint[];
+    holders bigint[];
     m postbus.messages;
     d postbus.destinations;
     dlq postbus.destinations;
     cnt integer;
     delay bigint;
 BEGIN
-    ids := ARRAY(SELECT postbus.held_rows(handle));
-    IF cardinality(ids) > 1 THEN
-        RAISE EXCEPTION 'postbus: % names % held topic copies', handle, cardinality(ids)
+    SELECT array_agg(h.id), array_agg(h.owner) INTO held, holders FROM postbus.held_rows(handle) h;
+    IF cardinality(held) > 1 THEN
+        RAISE EXCEPTION 'postbus: % names % held topic copies', handle, cardinality(held)
             USING ERRCODE = '21000', HINT = 'negatively acknowledge each copy by the receipt postbus.receive returned';
     END IF;
-    SELECT * INTO m FROM postbus.messages x WHERE x.id = ANY(ids) AND x.owner < 0 FOR UPDATE;
+    SELECT * INTO m FROM postbus.messages x
+    WHERE x.id = held[1] AND x.owner = holders[1] AND x.owner < 0 FOR UPDATE;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
@@ -552,8 +565,8 @@ BEGIN
         PERFORM pg_notify('postbus_wake', dlq.id::text);
     ELSE
         delay := CASE WHEN d.redelivery_delay_ms <= 0 THEN 0 ELSE least(
-            (d.redelivery_delay_ms * power(greatest(d.redelivery_backoff, 1.0), least(greatest(cnt - 1, 0), 60)))::bigint,
-            greatest(d.redelivery_max_delay_ms, d.redelivery_delay_ms)) END;
+            d.redelivery_delay_ms * power(greatest(d.redelivery_backoff, 1.0), least(greatest(cnt - 1, 0), 60)),
+            greatest(d.redelivery_max_delay_ms, d.redelivery_delay_ms)::double precision)::bigint END;
         UPDATE postbus.messages x SET owner = NULL, delivery_count = cnt,
             ready_at = CASE WHEN delay > 0 THEN postbus.now_ms() + delay END,
             last_error = coalesce(nack.error, x.last_error)

@@ -501,3 +501,32 @@ async fn bad_calls_are_refused_with_what_is_wrong() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_after_many_deliveries_with_backoff_does_not_overflow() {
+    let b = TestBroker::start().await;
+    b.create_queue(
+        "sql.backoff",
+        QueueSettings {
+            max_deliveries: 1000,
+            redelivery_delay_ms: 1000,
+            redelivery_backoff: 2.0,
+            redelivery_max_delay_ms: 60_000,
+            ..QueueSettings::default()
+        },
+    )
+    .await;
+    let a = app(&b.url).await;
+    one(&a, "SELECT postbus.send('sql.backoff', 'x')").await;
+    sql(&b.url, "UPDATE postbus.messages SET delivery_count = 80").await;
+    let r = rows(&a, "SELECT receipt FROM postbus.receive('sql.backoff')").await;
+    let nack = format!("SELECT postbus.nack('{}')", r[0][0].as_deref().unwrap());
+    assert_eq!(one(&a, &nack).await.as_deref(), Some("t"));
+    // Capped at the queue's maximum delay: due within a minute, not in the year 3000.
+    let wait: i64 = count(
+        &b.url,
+        "SELECT (ready_at - (extract(epoch from now()) * 1000)::bigint) / 1000 FROM postbus.messages",
+    )
+    .await;
+    assert!((50..=61).contains(&wait), "{wait}");
+}

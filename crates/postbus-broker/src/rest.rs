@@ -11,6 +11,7 @@ use postbus_store::{InsertOutcome, InsertRow, LeasedMessage, StoreError, Unit, U
 use serde::{Deserialize, Serialize};
 
 use crate::Engine;
+use crate::engine::EngineError;
 use crate::selecting::ConsumerSelector;
 
 /// Why a request failed, and so which HTTP status it gets.
@@ -25,6 +26,20 @@ pub enum ApiError {
     /// 503: the database could not be reached or did not answer; nothing was written.
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NoSuchQueue(_)
+            | EngineError::NoSuchTopic(_)
+            | EngineError::TempQueue(_) => ApiError::NotFound(e.to_string()),
+            EngineError::BadDestination(_) | EngineError::Subscription(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            EngineError::Store(s) => s.into(),
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -195,10 +210,7 @@ pub async fn send(
 ) -> Result<Sent, ApiError> {
     let row = match destination.kind {
         DestinationKind::Queue => {
-            let q = engine
-                .resolve_send_target(destination)
-                .await
-                .map_err(|e| ApiError::NotFound(e.to_string()))?;
+            let q = engine.resolve_send_target(destination).await?;
             InsertRow {
                 queue_id: q.id,
                 dedup_window_ms: q.settings.dedup_window_ms,
@@ -208,10 +220,7 @@ pub async fn send(
             }
         }
         DestinationKind::TempQueue => {
-            let q = engine
-                .temp_queue(&destination.name, false)
-                .await
-                .map_err(|e| ApiError::NotFound(e.to_string()))?;
+            let q = engine.temp_queue(&destination.name, false).await?;
             InsertRow {
                 queue_id: q.id,
                 dedup_window_ms: q.settings.dedup_window_ms,
@@ -221,10 +230,7 @@ pub async fn send(
             }
         }
         DestinationKind::Topic => {
-            let t = engine
-                .topic(&destination.name)
-                .await
-                .map_err(|e| ApiError::NotFound(e.to_string()))?;
+            let t = engine.topic(&destination.name).await?;
             InsertRow {
                 queue_id: t.id,
                 dedup_window_ms: t.settings.dedup_window_ms,
@@ -280,10 +286,11 @@ pub async fn receive(
         )));
     }
     let lease_ms = req.lease_ms.unwrap_or(30_000);
-    if lease_ms < 1 {
-        return Err(ApiError::BadRequest(
-            "lease_ms must be at least 1 (milliseconds)".into(),
-        ));
+    if !(1..=postbus_store::MAX_LEASE_MS).contains(&lease_ms) {
+        return Err(ApiError::BadRequest(format!(
+            "lease_ms {lease_ms} is not between 1 and {} (12 hours)",
+            postbus_store::MAX_LEASE_MS
+        )));
     }
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
     let selector = match req.selector.as_deref().filter(|s| !s.trim().is_empty()) {
@@ -331,6 +338,12 @@ pub async fn settle(
     ack: bool,
     error: Option<&str>,
 ) -> Result<bool, ApiError> {
+    // Over HTTP only receipts settle: they are fenced to the delivery that returned them.
+    if receipt.starts_with("ID:") {
+        return Err(ApiError::BadRequest(format!(
+            "{receipt} is a message id: acknowledge by the receipt the receive returned"
+        )));
+    }
     let store = engine.store();
     Ok(if ack {
         store.lease_ack(receipt).await?

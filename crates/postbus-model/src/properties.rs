@@ -166,7 +166,16 @@ impl PropertyValue {
                 } else {
                     PropertyType::Double
                 });
-                let int = || n.as_i64().ok_or_else(|| format!("{n} is not an integer"));
+                // An integral number written with a fraction (5.0) still reads as the integer.
+                let int = || {
+                    n.as_i64()
+                        .or_else(|| {
+                            n.as_f64()
+                                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                                .map(|f| f as i64)
+                        })
+                        .ok_or_else(|| format!("{n} is not an integer"))
+                };
                 Ok(match ty {
                     PropertyType::Byte => PropertyValue::Byte(
                         int()?

@@ -75,6 +75,12 @@ fn leased(row: &Row) -> LeasedMessage {
     }
 }
 
+/// The longest lease a receiver may take (as `postbus.receive` allows).
+pub const MAX_LEASE_MS: i32 = 43_200_000;
+
+/// How many claim-and-evaluate rounds one selective receive makes at most.
+const SELECTIVE_ROUNDS: usize = 8;
+
 /// The SQL API refuses a call with a `postbus:` message (and a hint): the caller's mistake,
 /// not the database's failure.
 fn refusal(e: tokio_postgres::Error) -> StoreError {
@@ -170,12 +176,11 @@ impl Store {
         selector: &Selector,
         filter: &SqlFilter,
     ) -> Result<Vec<LeasedMessage>, StoreError> {
-        if !(1..=10_000).contains(&max) || lease_ms < 1 {
-            return Err(StoreError::Refused(
-                "max_messages must be 1 to 10000 and lease_ms at least 1".into(),
-            ));
+        if !(1..=10_000).contains(&max) || !(1..=MAX_LEASE_MS).contains(&lease_ms) {
+            return Err(StoreError::Refused(format!(
+                "max_messages must be 1 to 10000 and lease_ms 1 to {MAX_LEASE_MS} (12 hours)"
+            )));
         }
-        client.query_one(queries::EXPIRE_LEASES, &[]).await?;
         let dest = client
             .query_one(queries::RESOLVE_FOR_RECEIVE, &[&destination])
             .await
@@ -183,8 +188,17 @@ impl Store {
         let (Some(queue_id), Some(kind)): (Option<i32>, Option<String>) =
             (dest.get(0), dest.get(1))
         else {
+            // As postbus.receive: a queue nobody sent to is empty; anything else must exist.
+            if destination.starts_with('/') && !destination.starts_with("/queue/") {
+                return Err(StoreError::Refused(format!(
+                    "{destination} does not exist (subscriptions and temporary queues are made by their consumers)"
+                )));
+            }
             return Ok(Vec::new());
         };
+        client
+            .query_one(queries::EXPIRE_QUEUE_LEASES, &[&queue_id])
+            .await?;
         if kind == "topic" {
             return Err(StoreError::Refused(format!(
                 "receive from a subscription of the topic, not from {destination} itself"
@@ -198,7 +212,9 @@ impl Store {
         let claim = client.prepare_cached(&sql).await?;
         let mut rejected: Vec<i64> = Vec::new();
         let mut accepted = 0usize;
-        loop {
+        // Rejected candidates stay locked until the commit; a bounded number of rounds keeps a
+        // selector that matches little on a deep queue from holding the whole queue.
+        for _ in 0..SELECTIVE_ROUNDS {
             let want = (max as usize - accepted) as i64;
             let now = postbus_model::now_ms();
             let mut params: Vec<&(dyn ToSql + Sync)> =

@@ -10,7 +10,7 @@ mod batch;
 mod error;
 mod fanout;
 mod leases;
-pub use leases::LeasedMessage;
+pub use leases::{LeasedMessage, MAX_LEASE_MS};
 pub mod migrate;
 mod queries;
 

@@ -335,9 +335,16 @@ pub const INSERT_SUBSCRIPTION: &str = "INSERT INTO postbus.destinations (kind, n
      VALUES ('subscription', $1, $2, $3, $4, $5, $6, $7, $8, false, true, $9, $10, $11, $12, $13, $14, $15, $16) \
      ON CONFLICT (kind, name) DO NOTHING";
 
-/// Locks a destination row before its deletion: waits for publishes copying to it.
+/// Locks a destination row before its deletion: waits for publishes copying to it (they hold
+/// it FOR KEY SHARE), and publishes after it skip it.
 pub const LOCK_DESTINATION: &str =
     "SELECT durable FROM postbus.destinations WHERE id = $1 FOR UPDATE";
+
+/// Serialises decisions about a subscription (detach, remove) without blocking publishes:
+/// FOR NO KEY UPDATE does not conflict with their FOR KEY SHARE, so a subscription that stays
+/// keeps getting its copies while a consumer detaches.
+pub const LOCK_SUBSCRIPTION_FOR_DECISION: &str =
+    "SELECT durable FROM postbus.destinations WHERE id = $1 FOR NO KEY UPDATE";
 
 /// Every message of destination `$1`, found through the partial indexes (there is no plain
 /// index on queue_id): ready plain, ready grouped, in flight, waiting for a time.
@@ -405,6 +412,9 @@ pub const DELETE_PUBLICATIONS: &str =
 
 /// SQL receivers' leases that ran out: their messages go back (schema V5).
 pub const EXPIRE_LEASES: &str = "SELECT postbus.expire_leases()";
+
+/// The same, for queue `$1` only (what a receive of that queue does first).
+pub const EXPIRE_QUEUE_LEASES: &str = "SELECT postbus.expire_leases($1)";
 
 /// The SQL API's receive (schema V5), for the HTTP API: `$1` destination, `$2` count, `$3`
 /// lease in ms.

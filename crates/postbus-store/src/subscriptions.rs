@@ -188,17 +188,30 @@ impl Store {
             tx.execute(queries::DETACH_SUBSCRIPTION, &[&id, &node.0])
                 .await?;
         }
-        // Waits for publishes copying to it; later ones skip it.
-        let Some(row) = tx.query_opt(queries::LOCK_DESTINATION, &[&id]).await? else {
+        // Decide under a lock that publishes do not wait for (a subscription that stays must
+        // not miss a copy while a consumer detaches).
+        let Some(row) = tx
+            .query_opt(queries::LOCK_SUBSCRIPTION_FOR_DECISION, &[&id])
+            .await?
+        else {
             tx.commit().await?;
             return Ok(false);
         };
         let durable: bool = row.get(0);
-        let attached: bool = tx
-            .query_one(queries::SUBSCRIPTION_ATTACHED, &[&id])
-            .await?
-            .get(0);
-        if !force && (durable || attached) {
+        let attached = async || -> Result<bool, StoreError> {
+            Ok(tx
+                .query_one(queries::SUBSCRIPTION_ATTACHED, &[&id])
+                .await?
+                .get(0))
+        };
+        if !force && (durable || attached().await?) {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        // Removing it: wait for publishes copying to it (later ones skip it), then look again
+        // for a consumer that attached meanwhile.
+        tx.query_opt(queries::LOCK_DESTINATION, &[&id]).await?;
+        if !force && attached().await? {
             tx.commit().await?;
             return Ok(false);
         }
