@@ -251,11 +251,31 @@ impl TestBroker {
         .await
     }
 
+    /// A broker on a fresh database whose STOMP and HTTP listeners speak TLS only.
+    pub async fn start_tls(
+        config: BrokerConfig,
+        security: std::sync::Arc<postbus_broker::security::Security>,
+        tls: std::sync::Arc<postbus_broker::tls::Tls>,
+    ) -> TestBroker {
+        let (url, store) = fresh_store().await;
+        Self::listen(&url, store, config, security, Some(tls)).await
+    }
+
     async fn on_database_secured(
         url: &str,
         store: Store,
         config: BrokerConfig,
         security: std::sync::Arc<postbus_broker::security::Security>,
+    ) -> TestBroker {
+        Self::listen(url, store, config, security, None).await
+    }
+
+    async fn listen(
+        url: &str,
+        store: Store,
+        config: BrokerConfig,
+        security: std::sync::Arc<postbus_broker::security::Security>,
+        tls: Option<std::sync::Arc<postbus_broker::tls::Tls>>,
     ) -> TestBroker {
         let engine = Engine::start_secured(config, store.clone(), security)
             .await
@@ -264,15 +284,21 @@ impl TestBroker {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let server = tokio::spawn(postbus_broker::server::serve_stomp(
+        let server = tokio::spawn(postbus_broker::server::serve_stomp_with(
             engine.clone(),
             listener,
+            tls.clone(),
         ));
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let http = format!("http://{}", http_listener.local_addr().expect("addr"));
-        tokio::spawn(postbus_broker::http::serve(http_listener, engine.clone()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let http = format!("{scheme}://{}", http_listener.local_addr().expect("addr"));
+        tokio::spawn(postbus_broker::http::serve_with(
+            http_listener,
+            engine.clone(),
+            tls,
+        ));
         TestBroker {
             addr,
             http,

@@ -669,8 +669,8 @@ async fn headers_and_typed_properties_pass_through() {
     assert_eq!(m.header("type"), Some("trade.v1"));
     assert_eq!(
         m.header("JMSXUserID"),
-        None,
-        "a client-supplied JMSXUserID is never trusted"
+        Some("anonymous"),
+        "a client-supplied JMSXUserID is never trusted: it is the authenticated principal"
     );
     assert_eq!(
         m.header("traceparent"),

@@ -5,7 +5,7 @@
 use crate::Engine;
 use crate::rest::{self, ApiError, ReceiveRequest, SendRequest};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,8 +16,58 @@ use serde_json::json;
 
 /// Serves the HTTP API on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, engine: Engine) {
-    if let Err(e) = axum::serve(listener, router(engine)).await {
-        tracing::error!(error = %e, "HTTP listener stopped");
+    serve_with(listener, engine, None).await
+}
+
+/// Serves the HTTP API on `listener`, over TLS when `tls` is given (HTTP/1.1 and HTTP/2 as the
+/// client offers; the client certificate's subject is offered to authentication).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    engine: Engine,
+    tls: Option<std::sync::Arc<crate::tls::Tls>>,
+) {
+    let app = router(engine);
+    let Some(tls) = tls else {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP listener stopped");
+        }
+        return;
+    };
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = tls.acceptor();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(socket));
+            let stream = match handshake.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake failed (HTTP)");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let principal = crate::tls::peer_principal(stream.get_ref().1);
+            let service = hyper_util::service::TowerToHyperService::new(
+                app.layer(axum::Extension(TlsPeer(principal))),
+            );
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
     }
 }
 
@@ -50,7 +100,7 @@ async fn ready(State(engine): State<Engine>) -> (StatusCode, String) {
 }
 
 /// An API error as `{"error": "..."}` with its status.
-struct Failure(StatusCode, String);
+pub struct Failure(StatusCode, String);
 
 impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Self {
@@ -76,30 +126,49 @@ impl IntoResponse for Failure {
     }
 }
 
-/// Who sends the request: its bearer token, verified (401 when missing or refused).
-fn identify(engine: &Engine, headers: &HeaderMap) -> Result<Identity, Failure> {
-    let token = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(v) => {
-            let v = v.to_str().unwrap_or_default();
-            match v
-                .strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-            {
-                Some(t) => Some(t.trim()),
-                None => {
-                    return Err(Failure(
-                        StatusCode::UNAUTHORIZED,
-                        "the Authorization header must be `Bearer <JWT>`".into(),
-                    ));
+/// The subject of a verified TLS client certificate, put on each request of its connection.
+#[derive(Clone, Debug)]
+pub struct TlsPeer(pub Option<String>);
+
+/// Who sends the request: its bearer token, verified, or its TLS client certificate (401 when
+/// neither admits it).
+pub struct Caller(pub Identity);
+
+impl axum::extract::FromRequestParts<Engine> for Caller {
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        engine: &Engine,
+    ) -> Result<Self, Self::Rejection> {
+        let token = match parts.headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(v) => {
+                let v = v.to_str().unwrap_or_default();
+                match v
+                    .strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                {
+                    Some(t) => Some(t.trim()),
+                    None => {
+                        return Err(Failure(
+                            StatusCode::UNAUTHORIZED,
+                            "the Authorization header must be `Bearer <JWT>`".into(),
+                        ));
+                    }
                 }
             }
-        }
-    };
-    engine
-        .security()
-        .authenticate(token)
-        .map_err(|e| Failure(StatusCode::UNAUTHORIZED, e.to_string()))
+        };
+        let cert = parts
+            .extensions
+            .get::<TlsPeer>()
+            .and_then(|p| p.0.as_deref());
+        engine
+            .security()
+            .authenticate(token, cert)
+            .map(Caller)
+            .map_err(|e| Failure(StatusCode::UNAUTHORIZED, e.to_string()))
+    }
 }
 
 /// 403 unless the policies allow `who` to do `action` to `destination`.
@@ -140,12 +209,11 @@ fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Fai
 
 async fn send_to(
     engine: &Engine,
-    headers: &HeaderMap,
+    who: Identity,
     kind: DestinationKind,
     name: &str,
     body: &[u8],
 ) -> Result<Response, Failure> {
-    let who = identify(engine, headers)?;
     let destination = Destination::parse_stomp(&format!("/{}/{name}", kind.as_str()))
         .map_err(|e| Failure(StatusCode::BAD_REQUEST, e.to_string()))?;
     let stomp = destination.to_stomp();
@@ -177,37 +245,36 @@ async fn send_to(
 async fn send_queue(
     State(engine): State<Engine>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    send_to(&engine, &headers, DestinationKind::Queue, &name, &body).await
+    send_to(&engine, who, DestinationKind::Queue, &name, &body).await
 }
 
 async fn send_topic(
     State(engine): State<Engine>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    send_to(&engine, &headers, DestinationKind::Topic, &name, &body).await
+    send_to(&engine, who, DestinationKind::Topic, &name, &body).await
 }
 
 async fn send_temp_queue(
     State(engine): State<Engine>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    send_to(&engine, &headers, DestinationKind::TempQueue, &name, &body).await
+    send_to(&engine, who, DestinationKind::TempQueue, &name, &body).await
 }
 
 async fn receive_from(
     engine: &Engine,
-    headers: &HeaderMap,
+    who: Identity,
     destination: String,
     body: &[u8],
 ) -> Result<Response, Failure> {
-    let who = identify(engine, headers)?;
     authorize(engine, &who, Action::Consume, &destination)?;
     let req: ReceiveRequest = parse(body)?;
     let messages = rest::receive(engine, &destination, req).await?;
@@ -217,19 +284,19 @@ async fn receive_from(
 async fn receive_queue(
     State(engine): State<Engine>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    receive_from(&engine, &headers, format!("/queue/{name}"), &body).await
+    receive_from(&engine, who, format!("/queue/{name}"), &body).await
 }
 
 async fn receive_subscription(
     State(engine): State<Engine>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    receive_from(&engine, &headers, format!("/subscription/{name}"), &body).await
+    receive_from(&engine, who, format!("/subscription/{name}"), &body).await
 }
 
 #[derive(Default, Deserialize)]
@@ -259,18 +326,16 @@ async fn settle(
 async fn ack(
     State(engine): State<Engine>,
     Path(receipt): Path<String>,
-    headers: HeaderMap,
+    _caller: Caller,
 ) -> Result<Response, Failure> {
-    identify(&engine, &headers)?;
     settle(&engine, &receipt, true, None).await
 }
 async fn nack(
     State(engine): State<Engine>,
     Path(receipt): Path<String>,
-    headers: HeaderMap,
+    _caller: Caller,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    identify(&engine, &headers)?;
     let req: NackRequest = parse(&body)?;
     settle(&engine, &receipt, false, req.error.as_deref()).await
 }

@@ -12,6 +12,7 @@
 //! - [`http`]: the HTTP listener's routes (health, the messaging API).
 //! - [`rest`]: the HTTP messaging API's logic (send, receive under a lease, ack/nack).
 //! - [`session`]: one STOMP connection's state machine.
+//! - [`tls`]: TLS for the listeners (rustls), client certificates, reload.
 //! - [`server`]: the TCP listener and connection limits.
 
 pub mod config;
@@ -24,6 +25,7 @@ pub mod selecting;
 pub mod send;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod writer;
 
 pub use config::BrokerConfig;

@@ -45,10 +45,20 @@ impl Security {
         }
     }
 
-    /// Authenticates a client by its token (the STOMP passcode, the HTTP bearer token).
-    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthFailure> {
+    /// Authenticates a client by its token (the STOMP passcode, the HTTP bearer token) or,
+    /// without one, by the subject of its verified TLS client certificate.
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+        cert_principal: Option<&str>,
+    ) -> Result<Identity, AuthFailure> {
         match (token.filter(|t| !t.is_empty()), &self.verifier) {
             (Some(t), Some(v)) => v.verify(t).map_err(|e| AuthFailure::Refused(e.to_string())),
+            (None, _) if cert_principal.is_some() => Ok(Identity {
+                principal: cert_principal.unwrap_or_default().to_owned(),
+                roles: Vec::new(),
+                expires_at: None,
+            }),
             (None, _) if self.allow_anonymous => Ok(Identity::anonymous()),
             // Anonymous brokers without keys ignore a passcode rather than refuse the client.
             (Some(_), None) if self.allow_anonymous => Ok(Identity::anonymous()),

@@ -1,5 +1,5 @@
-//! The STOMP listener: accepts TCP connections, enforces the connection limit, and runs one
-//! session task per connection.
+//! The STOMP listener: accepts TCP connections (TLS when configured), enforces the
+//! connection limit, and runs one session task per connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,9 +12,18 @@ use tokio_util::codec::FramedWrite;
 
 use crate::engine::Engine;
 use crate::session::run_session;
+use crate::tls::{Tls, peer_principal};
 
-/// Serves STOMP on `listener` until the task is dropped.
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves plain STOMP on `listener` until the task is dropped.
 pub async fn serve_stomp(engine: Engine, listener: TcpListener) {
+    serve_stomp_with(engine, listener, None).await
+}
+
+/// Serves STOMP on `listener`, over TLS when `tls` is given.
+pub async fn serve_stomp_with(engine: Engine, listener: TcpListener, tls: Option<Arc<Tls>>) {
     let limit = engine.config().max_connections;
     let slots = Arc::new(Semaphore::new(limit));
     loop {
@@ -31,8 +40,25 @@ pub async fn serve_stomp(engine: Engine, listener: TcpListener) {
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let engine = engine.clone();
+                let acceptor = tls.as_ref().map(|t| t.acceptor());
                 tokio::spawn(async move {
-                    run_session(engine, socket, peer).await;
+                    match acceptor {
+                        None => run_session(engine, socket, peer, None).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket))
+                                .await
+                            {
+                                Ok(Ok(stream)) => {
+                                    let principal = peer_principal(stream.get_ref().1);
+                                    run_session(engine, stream, peer, principal).await;
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::info!(%peer, error = %e, "TLS handshake failed")
+                                }
+                                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                            }
+                        }
+                    }
                     drop(permit);
                 });
             }

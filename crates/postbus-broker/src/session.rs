@@ -147,8 +147,14 @@ async fn room_or_deadline(held: &Option<(Arc<QueueRuntime>, tokio::time::Instant
 }
 
 /// Serves one client connection until it ends.
-pub async fn run_session<S>(engine: Engine, stream: S, peer: SocketAddr)
-where
+/// Runs one STOMP connection; `cert_principal` is the subject of the client's verified TLS
+/// certificate, if it showed one.
+pub async fn run_session<S>(
+    engine: Engine,
+    stream: S,
+    peer: SocketAddr,
+    cert_principal: Option<String>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let conn = engine.next_id();
@@ -197,7 +203,10 @@ where
         .filter(|c| !c.is_empty())
         .map(str::to_owned);
     // The passcode carries the JWT; `login` is not trusted for anything.
-    let identity = match engine.security().authenticate(first.header("passcode")) {
+    let identity = match engine
+        .security()
+        .authenticate(first.header("passcode"), cert_principal.as_deref())
+    {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(conn, %peer, error = %e, "authentication failed");

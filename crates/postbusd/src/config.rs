@@ -97,6 +97,16 @@ pub struct SecurityConfig {
     pub policies_dir: Option<PathBuf>,
     /// How often the policy files are checked for changes, ms.
     pub policy_reload_ms: u64,
+    /// TLS certificate chain (PEM) for the STOMP and HTTP listeners; with `tls_key`, both
+    /// listeners speak TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs client certificates; clients then authenticate with one.
+    pub tls_client_ca: Option<PathBuf>,
+    /// With a client CA: "required" (every client shows a certificate) or "optional" (a client
+    /// without one authenticates with a token).
+    pub tls_client_auth: String,
 }
 
 impl Default for SecurityConfig {
@@ -114,6 +124,10 @@ impl Default for SecurityConfig {
             jwt_roles_claim: "roles".into(),
             policies_dir: None,
             policy_reload_ms: 2000,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_client_auth: "required".into(),
         }
     }
 }

@@ -44,6 +44,15 @@ struct Args {
     /// Directory of policy files (default with JWT authentication: ./policies).
     #[arg(long = "policies", value_name = "DIR")]
     policies_dir: Option<PathBuf>,
+    /// TLS certificate chain (PEM): both listeners then speak TLS only.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates authenticate clients (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
     /// Where development mode keeps its private PostgreSQL.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -78,6 +87,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = args.policies_dir {
         cfg.security.policies_dir = Some(p);
     }
+    if let Some(c) = args.tls_cert {
+        cfg.security.tls_cert = Some(c);
+    }
+    if let Some(k) = args.tls_key {
+        cfg.security.tls_key = Some(k);
+    }
+    if let Some(ca) = args.tls_client_ca {
+        cfg.security.tls_client_ca = Some(ca);
+    }
     if let Some(d) = args.data_dir {
         cfg.dev.data_dir = d;
     }
@@ -87,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         None
     };
     let security = security::build(&cfg.security)?;
+    let tls = security::tls(&cfg.security)?;
 
     // The development cluster lives as long as this process (stopped on exit).
     let mut dev_cluster = None;
@@ -103,7 +122,14 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(cfg, url, dev_cluster.is_some(), security, dev_token));
+    let result = runtime.block_on(serve(
+        cfg,
+        url,
+        dev_cluster.is_some(),
+        security,
+        tls,
+        dev_token,
+    ));
     drop(runtime);
     drop(dev_cluster);
     result
@@ -162,6 +188,7 @@ async fn serve(
     url: String,
     dev: bool,
     security: std::sync::Arc<postbus_broker::security::Security>,
+    tls: Option<std::sync::Arc<postbus_broker::tls::Tls>>,
     dev_token: Option<String>,
 ) -> anyhow::Result<()> {
     let mut store_cfg = StoreConfig::new(url.clone());
@@ -202,10 +229,21 @@ async fn serve(
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", cfg.http.listen))?;
         let addr = l.local_addr()?;
-        tokio::spawn(postbus_broker::http::serve(l, engine.clone()));
+        tokio::spawn(postbus_broker::http::serve_with(
+            l,
+            engine.clone(),
+            tls.clone(),
+        ));
         Some(addr)
     };
-    tokio::spawn(postbus_broker::server::serve_stomp(engine.clone(), stomp));
+    tokio::spawn(postbus_broker::server::serve_stomp_with(
+        engine.clone(),
+        stomp,
+        tls.clone(),
+    ));
+    if let Some(tls) = tls.clone() {
+        tokio::spawn(reload_tls_on_sighup(tls));
+    }
 
     tracing::info!(stomp = %stomp_addr, http = ?http_addr, "postbus is ready");
     // The first lines a person sees: where it listens and how to try it.
@@ -232,6 +270,23 @@ async fn serve(
     tracing::info!("shutting down: in-flight messages go back to their queues");
     engine.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP reads the TLS certificate and key again (a renewed certificate takes effect for new
+/// connections; on failure the old one stays and the error is logged).
+async fn reload_tls_on_sighup(tls: std::sync::Arc<postbus_broker::tls::Tls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!(not_after = tls.not_after(), "TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in force")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -14,11 +14,47 @@ use crate::config::{Config, SecurityConfig};
 /// How long the development token is valid.
 const DEV_TOKEN_DAYS: u64 = 30;
 
+/// The listeners' TLS, when a certificate is configured.
+pub fn tls(cfg: &SecurityConfig) -> anyhow::Result<Option<Arc<postbus_broker::tls::Tls>>> {
+    use postbus_broker::tls::{ClientAuth, Tls, TlsFiles};
+    let (cert, key) = match (&cfg.tls_cert, &cfg.tls_key) {
+        (None, None) => {
+            if cfg.tls_client_ca.is_some() {
+                bail!("tls_client_ca needs tls_cert and tls_key (the listeners' own certificate)");
+            }
+            return Ok(None);
+        }
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => bail!("TLS needs both tls_cert and tls_key (--tls-cert FILE --tls-key FILE)"),
+    };
+    let client_auth = match cfg.tls_client_auth.as_str() {
+        "required" => ClientAuth::Required,
+        "optional" => ClientAuth::Optional,
+        other => bail!("tls_client_auth {other:?} is neither \"required\" nor \"optional\""),
+    };
+    let tls = Tls::load(TlsFiles {
+        cert,
+        key,
+        client_ca: cfg.tls_client_ca.clone(),
+        client_auth,
+    })
+    .map_err(anyhow::Error::msg)
+    .context("TLS")?;
+    tracing::info!(
+        not_after = tls.not_after(),
+        client_ca = cfg.tls_client_ca.is_some(),
+        "TLS on the STOMP and HTTP listeners"
+    );
+    Ok(Some(tls))
+}
+
 /// The policy directory in use, if any.
 pub fn policy_dir(cfg: &SecurityConfig) -> Option<PathBuf> {
     match &cfg.policies_dir {
         Some(d) => Some(d.clone()),
-        None if cfg.jwt_configured() => Some(PathBuf::from("policies")),
+        None if cfg.jwt_configured() || cfg.tls_client_ca.is_some() => {
+            Some(PathBuf::from("policies"))
+        }
         None => None,
     }
 }
@@ -45,12 +81,14 @@ pub fn build(cfg: &SecurityConfig) -> anyhow::Result<Arc<Security>> {
             roles_claim: cfg.jwt_roles_claim.clone(),
         };
         Some(Verifier::new(settings, &material).context("JWT authentication")?)
-    } else if cfg.allow_anonymous {
+    } else if cfg.allow_anonymous || cfg.tls_client_ca.is_some() {
+        // Anonymous, or client certificates only.
         None
     } else {
         bail!(
-            "no authentication is configured: give --jwt-key FILE or --jwt-jwks FILE (see docs/security.md), \
-             --dev-token for a development token, or --allow-anonymous (development only)"
+            "no authentication is configured: give --jwt-key FILE or --jwt-jwks FILE, or --tls-client-ca FILE \
+             for client certificates (see docs/security.md), --dev-token for a development token, \
+             or --allow-anonymous (development only)"
         );
     };
     let policies = match policy_dir(cfg) {
