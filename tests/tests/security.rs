@@ -347,3 +347,155 @@ async fn another_connections_temporary_queue_cannot_be_read() {
         .to_string();
     assert!(err.contains("another connection"), "{err}");
 }
+
+/// The audit log's records of one kind, waiting up to 5 s for the broker's batched writer.
+async fn audit_records(url: &str, kind: &str, at_least: usize) -> Vec<Vec<Option<String>>> {
+    let q = format!(
+        "SELECT principal, destination, detail::text FROM postbus.audit_log WHERE kind = '{kind}' ORDER BY seq"
+    );
+    for _ in 0..50 {
+        let rows = postbus_tests::sql(url, &q).await;
+        if rows.len() >= at_least {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("fewer than {at_least} {kind} audit records after 5 s");
+}
+
+async fn postbus_cli(args: &[&str]) -> std::process::Output {
+    let bin = postbus_tests::workspace_binary("postbus").expect("the postbus binary is built");
+    tokio::process::Command::new(bin)
+        .args(args)
+        .output()
+        .await
+        .expect("run postbus")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_events_are_audited_and_the_chain_verifies_until_tampered_with() {
+    let s = setup().await;
+    let url = s.broker.url.clone();
+    assert!(connect(&s, None).await.is_err());
+    let mut c = connect(&s, Some(token(&s, &claims("svc-orders", &["producer"]))))
+        .await
+        .unwrap();
+    assert!(c.send("/queue/payments.out", "x", &[]).await.is_err());
+
+    let failed = audit_records(&url, "auth.failed", 1).await;
+    assert!(
+        failed[0][2]
+            .as_deref()
+            .unwrap()
+            .contains("authentication required")
+    );
+    let connects = audit_records(&url, "connect", 1).await;
+    assert_eq!(connects[0][0].as_deref(), Some("svc-orders"));
+    let denied = audit_records(&url, "authz.denied", 1).await;
+    assert_eq!(denied[0][0].as_deref(), Some("svc-orders"));
+    assert_eq!(denied[0][1].as_deref(), Some("/queue/payments.out"));
+    assert!(
+        denied[0][2]
+            .as_deref()
+            .unwrap()
+            .contains("\"action\": \"send\"")
+    );
+    audit_records(&url, "disconnect", 1).await;
+
+    // The log is append-only, for the table's owner too.
+    for stmt in [
+        "UPDATE postbus.audit_log SET principal = 'someone else'",
+        "DELETE FROM postbus.audit_log",
+        "TRUNCATE postbus.audit_log",
+    ] {
+        let (client, conn) = postbus_store::connect_raw(&url).await.unwrap();
+        tokio::spawn(conn);
+        let err = client.batch_execute(stmt).await.unwrap_err();
+        let msg = err
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_default();
+        assert!(msg.contains("append-only"), "{stmt}: {msg}");
+    }
+
+    let o = postbus_cli(&["--database-url", &url, "audit", "verify"]).await;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("audit log intact"), "{out}");
+    let anchor = out
+        .lines()
+        .find_map(|l| l.strip_prefix("anchor (keep it outside the database): "))
+        .expect("an anchor")
+        .to_owned();
+    let o = postbus_cli(&[
+        "--database-url",
+        &url,
+        "audit",
+        "verify",
+        "--anchor",
+        &anchor,
+    ])
+    .await;
+    assert!(o.status.success());
+    let o = postbus_cli(&["--database-url", &url, "--json", "audit", "tail", "-n", "3"]).await;
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3);
+
+    // Someone with the power to disable the trigger alters record 2: verify names it.
+    postbus_tests::sql(
+        &url,
+        "ALTER TABLE postbus.audit_log DISABLE TRIGGER audit_log_append_only; \
+         UPDATE postbus.audit_log SET principal = 'nobody' WHERE seq = 2; \
+         ALTER TABLE postbus.audit_log ENABLE TRIGGER audit_log_append_only",
+    )
+    .await;
+    let o = postbus_cli(&["--database-url", &url, "--json", "audit", "verify"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["broken_at"], 2);
+    assert!(v["reason"].as_str().unwrap().contains("altered"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_moves_and_created_destinations_are_audited() {
+    let b = TestBroker::start().await;
+    b.create_queue(
+        "audited.dlq",
+        postbus_model::QueueSettings {
+            max_deliveries: 1,
+            ..postbus_model::QueueSettings::default()
+        },
+    )
+    .await;
+    let mut c = b.client().await;
+    c.send("/queue/audited.dlq", "poison", &[]).await.unwrap();
+    c.subscribe("/queue/audited.dlq", "s", "client-individual", &[])
+        .await
+        .unwrap();
+    let m = c
+        .recv_timeout(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the message");
+    c.nack(&m, None).await.unwrap();
+    let moved = audit_records(&b.url, "message.dead_lettered", 1).await;
+    assert_eq!(moved[0][1].as_deref(), Some("/queue/DLQ.audited.dlq"));
+    assert!(
+        moved[0][2]
+            .as_deref()
+            .unwrap()
+            .contains("/queue/audited.dlq"),
+        "{moved:?}"
+    );
+    let created = audit_records(&b.url, "destination.created", 1).await;
+    assert!(
+        created
+            .iter()
+            .any(|r| r[1].as_deref() == Some("/queue/DLQ.audited.dlq")),
+        "{created:?}"
+    );
+}

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use postbus_model::{Destination, DestinationKind, QueueSettings, StoredMessage};
 use postbus_store::{
-    DestinationRow, InsertOutcome, NodeId, ReleaseRow, Store, StoreError, SubscriptionSpec, Unit,
-    UnitOutcome,
+    AuditRecord, DestinationRow, InsertOutcome, NodeId, ReleaseRow, Store, StoreError,
+    SubscriptionSpec, Unit, UnitOutcome,
 };
 use tokio::sync::oneshot;
 
@@ -65,6 +65,8 @@ struct Inner {
     /// Topics whose SQL publications are being copied now, and whether another wake-up came
     /// meanwhile (then the copy runs again).
     fanning_out: Mutex<HashMap<i32, bool>>,
+    /// Audit records on their way to the chain (written in batches by a background task).
+    audit: tokio::sync::mpsc::UnboundedSender<AuditRecord>,
 }
 
 #[derive(Default)]
@@ -153,6 +155,33 @@ impl CommitObserver for WakeOnCommit {
             .iter()
             .flat_map(|u| u.inserts.iter().map(|r| r.queue_id))
             .collect();
+        // Dead-letter moves that committed go to the audit log.
+        for (unit, outcome) in units.iter().zip(outcomes) {
+            let UnitOutcome::Committed { lost_releases, .. } = outcome else {
+                continue;
+            };
+            for r in unit.releases.iter().filter(|r| r.dead_letter.is_some()) {
+                if lost_releases.contains(&r.id) {
+                    continue;
+                }
+                let dlq = r.dead_letter.unwrap_or_default();
+                let name = engine
+                    .lock_queues()
+                    .by_id
+                    .get(&dlq)
+                    .map(|q| format!("/queue/{}", q.name))
+                    .unwrap_or_else(|| format!("queue id {dlq}"));
+                engine.audit(
+                    AuditRecord::new("message.dead_lettered")
+                        .destination(name)
+                        .detail(serde_json::json!({
+                            "row": r.id,
+                            "from": r.origin,
+                            "reason": r.reason,
+                        })),
+                );
+            }
+        }
         // Dead-lettered messages land in their DLQ's table unclaimed.
         let dead_lettered = units
             .iter()
@@ -275,6 +304,7 @@ impl Engine {
         store.remove_gone_node_subscriptions().await?;
         store.remove_gone_node_temp_queues().await?;
         tracing::info!(node = node.0, name = %node_name, recovered_queues = recovered.len(), "broker node registered");
+        let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let limits = WriterLimits {
                 max_in_flight: config.writers,
@@ -302,11 +332,18 @@ impl Engine {
                 clients: Mutex::new(Clients::default()),
                 receivers: Mutex::new(HashMap::new()),
                 fanning_out: Mutex::new(HashMap::new()),
+                audit: audit_tx,
             }
         });
         let engine = Engine(inner);
+        tokio::spawn(write_audit(engine.0.store.clone(), node, audit_rx));
         engine.spawn_background();
         Ok(engine)
+    }
+
+    /// Records a security-relevant event in the audit log (written within ~100 ms, batched).
+    pub fn audit(&self, record: AuditRecord) {
+        let _ = self.0.audit.send(record);
     }
 
     /// Authentication and the policies in force.
@@ -386,6 +423,11 @@ impl Engine {
                     .await?;
                 if created {
                     tracing::info!(queue = name, "queue auto-created");
+                    self.audit(
+                        AuditRecord::new("destination.created")
+                            .destination(format!("/queue/{name}"))
+                            .detail(serde_json::json!({"auto_created": true})),
+                    );
                 }
                 row
             }
@@ -424,6 +466,11 @@ impl Engine {
                     .await?;
                 if created {
                     tracing::info!(topic = name, "topic auto-created");
+                    self.audit(
+                        AuditRecord::new("destination.created")
+                            .destination(format!("/topic/{name}"))
+                            .detail(serde_json::json!({"auto_created": true})),
+                    );
                 }
                 row
             }
@@ -976,6 +1023,38 @@ impl Engine {
     pub async fn shutdown(&self) {
         if let Err(e) = self.0.store.deregister_node(self.0.node).await {
             tracing::warn!(error = %e, "deregistering the node failed; peers will recover its messages after the lease");
+        }
+    }
+}
+
+/// Writes audit records in batches: whatever arrived within 100 ms goes in one transaction.
+/// A failed write is retried with the same records (they stay in order).
+async fn write_audit(
+    store: Store,
+    node: NodeId,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<AuditRecord>,
+) {
+    let mut batch: Vec<AuditRecord> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(r) => batch.push(r),
+                None => return,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        match store.append_audit(Some(node), &batch).await {
+            Ok(()) => batch.clear(),
+            Err(e) => {
+                tracing::error!(error = %e, records = batch.len(), "writing audit records failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

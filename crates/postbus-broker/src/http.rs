@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use postbus_auth::{Action, Identity};
 use postbus_model::{Destination, DestinationKind};
+use postbus_store::AuditRecord;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -167,7 +168,14 @@ impl axum::extract::FromRequestParts<Engine> for Caller {
             .security()
             .authenticate(token, cert)
             .map(Caller)
-            .map_err(|e| Failure(StatusCode::UNAUTHORIZED, e.to_string()))
+            .map_err(|e| {
+                engine.audit(AuditRecord::new("auth.failed").detail(json!({
+                    "protocol": "http",
+                    "path": parts.uri.path(),
+                    "reason": e.to_string(),
+                })));
+                Failure(StatusCode::UNAUTHORIZED, e.to_string())
+            })
     }
 }
 
@@ -183,6 +191,12 @@ fn authorize(
         return Ok(());
     }
     tracing::warn!(principal = %who.principal, action = action.as_str(), destination, reason = %d.explain(), "authorization denied (HTTP)");
+    engine.audit(
+        AuditRecord::new("authz.denied")
+            .principal(who.principal.clone())
+            .destination(destination)
+            .detail(json!({"action": action.as_str(), "rule": d.rule, "protocol": "http"})),
+    );
     Err(Failure(
         StatusCode::FORBIDDEN,
         format!(

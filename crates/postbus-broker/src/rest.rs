@@ -1,6 +1,6 @@
 //! The HTTP messaging API's logic, apart from the web framework: JSON send requests become
 //! messages written through the same group commit as STOMP sends; receives take messages
-//! under a lease through the SQL API (schema V5), long-polling on the engine's wake-ups; acks
+//! under a lease through the SQL API (schema V6), long-polling on the engine's wake-ups; acks
 //! and nacks name the receipt a receive returned. docs/http-api.md is the contract.
 
 use std::time::Duration;

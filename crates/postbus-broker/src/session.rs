@@ -17,7 +17,9 @@ use futures_util::{SinkExt, StreamExt};
 use postbus_auth::{Action, Identity};
 use postbus_model::{Destination, DestinationKind, QueueSettings, StoredMessage};
 use postbus_stomp::{Command, Frame, Item, StompCodec, Version, negotiate_version};
-use postbus_store::{InsertOutcome, InsertRow, ReleaseRow, SubscriptionSpec, Unit, UnitOutcome};
+use postbus_store::{
+    AuditRecord, InsertOutcome, InsertRow, ReleaseRow, SubscriptionSpec, Unit, UnitOutcome,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -210,10 +212,26 @@ pub async fn run_session<S>(
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(conn, %peer, error = %e, "authentication failed");
+            engine.audit(AuditRecord::new("auth.failed").detail(serde_json::json!({
+                "peer": peer.to_string(),
+                "protocol": "stomp",
+                "reason": e.to_string(),
+            })));
             let _ = writer.send(error_frame(&e.to_string(), "", None)).await;
             return;
         }
     };
+    engine.audit(
+        AuditRecord::new("connect")
+            .principal(identity.principal.clone())
+            .detail(serde_json::json!({
+                "peer": peer.to_string(),
+                "connection": conn,
+                "client_id": client_id,
+                "roles": identity.roles,
+                "certificate": cert_principal.is_some(),
+            })),
+    );
     // A token that expires while connected ends the session then.
     let expires = identity.expires_at.map(|exp| {
         let now = std::time::SystemTime::now()
@@ -306,6 +324,11 @@ pub async fn run_session<S>(
         }
     }
     s.teardown().await;
+    engine.audit(
+        AuditRecord::new("disconnect")
+            .principal(s.identity.principal.clone())
+            .detail(serde_json::json!({"connection": conn})),
+    );
     match end {
         End::Error {
             message,
@@ -650,6 +673,17 @@ impl Session {
             destination,
             reason = %decision.explain(),
             "authorization denied"
+        );
+        self.engine.audit(
+            AuditRecord::new("authz.denied")
+                .principal(self.identity.principal.clone())
+                .destination(destination)
+                .detail(serde_json::json!({
+                    "action": action.as_str(),
+                    "rule": decision.rule,
+                    "connection": self.conn,
+                    "protocol": "stomp",
+                })),
         );
         Some(End::error(
             format!(

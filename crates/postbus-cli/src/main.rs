@@ -3,6 +3,7 @@
 //! work). Tables for people, `--json` for scripts; exit code 0 on success, 1 on failure, 2 on
 //! bad usage.
 
+mod audit;
 mod bench;
 mod messaging;
 mod policy;
@@ -61,6 +62,9 @@ enum Cmd {
     /// Check JMS message selectors and run selector test cases.
     #[command(subcommand)]
     Selector(selectors::SelectorCmd),
+    /// The audit log: verify its hash chain, tail it, export it.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Check access policies: would a principal be allowed an action on a destination?
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
@@ -137,6 +141,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 a.passcode = messaging::passcode(&cli);
             }
             bench::run(&a).await
+        }
+        Cmd::Audit(a) => {
+            let code = audit::run(&cli, a).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
         }
         Cmd::Policy(p) => {
             let code = policy::run(&cli, p)?;

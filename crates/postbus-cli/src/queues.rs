@@ -131,7 +131,16 @@ pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
                 );
             } else if created {
                 println!("created queue {}", row.name);
-            } else {
+            }
+            if created {
+                audit(
+                    &store,
+                    "destination.created",
+                    &a.name,
+                    serde_json::json!({"settings": row.settings}),
+                )
+                .await?;
+            } else if !cli.json {
                 bail!(
                     "queue {} already exists (its settings were left as they are)",
                     row.name
@@ -141,6 +150,13 @@ pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
         QueueCmd::Delete { name, force } => {
             let row = find(&store, name).await?;
             let deleted = store.delete_destination(row.id, *force).await?;
+            audit(
+                &store,
+                "destination.deleted",
+                name,
+                serde_json::json!({"messages": deleted}),
+            )
+            .await?;
             if cli.json {
                 println!(
                     "{}",
@@ -153,6 +169,13 @@ pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
         QueueCmd::Purge { name } => {
             let row = find(&store, name).await?;
             let n = store.purge(row.id).await?;
+            audit(
+                &store,
+                "destination.purged",
+                name,
+                serde_json::json!({"messages": n}),
+            )
+            .await?;
             if cli.json {
                 println!("{}", serde_json::json!({"name": name, "purged": n}));
             } else {
@@ -214,4 +237,27 @@ async fn find(store: &Store, name: &str) -> anyhow::Result<postbus_store::Destin
         .find_destination(DestinationKind::Queue, name)
         .await?
         .with_context(|| format!("no queue named {name} (see `postbus queue list`)"))
+}
+
+/// Records an administrative change in the audit log, as the operating-system user who ran it.
+async fn audit(
+    store: &postbus_store::Store,
+    kind: &str,
+    queue: &str,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    let who = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    store
+        .append_audit(
+            None,
+            &[postbus_store::AuditRecord::new(kind)
+                .principal(who)
+                .destination(format!("/queue/{queue}"))
+                .detail(detail)],
+        )
+        .await?;
+    Ok(())
 }

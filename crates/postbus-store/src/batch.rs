@@ -845,7 +845,7 @@ async fn insert_messages(
 }
 
 impl Store {
-    /// Copies the publications sent to topic `topic_id` through SQL (schema V5) to the
+    /// Copies the publications sent to topic `topic_id` through SQL (schema V6) to the
     /// subscriptions that match them, as the broker's own publishes are, and removes them:
     /// one transaction per 500, oldest first, under a per-topic lock so two brokers never
     /// interleave. Returns how many were copied (0 if another broker is at it).

@@ -1,4 +1,4 @@
-//! Receivers outside the broker's sessions: the SQL API of schema V5 (`postbus.receive`,
+//! Receivers outside the broker's sessions: the SQL API of schema V6 (`postbus.receive`,
 //! `postbus.ack`, `postbus.nack`), as the HTTP API uses it, and the broker's side of it
 //! (expiring leases, copying topic publications sent through SQL).
 //!

@@ -6,6 +6,7 @@
 //! they commit in one PostgreSQL transaction (group commit).
 
 mod admin;
+pub mod audit;
 mod batch;
 mod error;
 mod fanout;
@@ -23,6 +24,7 @@ pub use subscriptions::{SubscriptionRow, SubscriptionSpec};
 pub use selection::{FILTER_FIRST_PARAM, MessagesMapping};
 
 pub use admin::{DestinationRow, DestinationStats};
+pub use audit::{AuditEntry, AuditRecord, AuditVerification};
 pub use batch::{InsertOutcome, InsertRow, ReleaseRow, Unit, UnitOutcome, WriteBatch};
 pub use error::StoreError;
 pub use fanout::SelectorView;

@@ -410,13 +410,13 @@ pub const PUBLICATIONS: &str = "SELECT m.id, m.queue_id, m.priority, m.expires_a
 pub const DELETE_PUBLICATIONS: &str =
     "DELETE FROM postbus.messages WHERE id = ANY($1::bigint[]) AND publish_id IS NULL";
 
-/// SQL receivers' leases that ran out: their messages go back (schema V5).
+/// SQL receivers' leases that ran out: their messages go back (schema V6).
 pub const EXPIRE_LEASES: &str = "SELECT postbus.expire_leases()";
 
 /// The same, for queue `$1` only (what a receive of that queue does first).
 pub const EXPIRE_QUEUE_LEASES: &str = "SELECT postbus.expire_leases($1)";
 
-/// The SQL API's receive (schema V5), for the HTTP API: `$1` destination, `$2` count, `$3`
+/// The SQL API's receive (schema V6), for the HTTP API: `$1` destination, `$2` count, `$3`
 /// lease in ms.
 pub const SQL_RECEIVE: &str = "SELECT message_id, receipt, body, properties, property_types, content_type, \
      correlation_id, reply_to, jms_type, priority, group_id, group_seq, sent_at, expires_at, delivery_count, \
@@ -443,3 +443,31 @@ pub const DEAD_LETTER_LEASED: &str =
 pub const LEASED: &str = "SELECT * FROM postbus.leased($1)";
 
 pub const END_LEASE_IF_EMPTY: &str = "SELECT postbus.end_lease_if_empty($1)";
+
+/// Appends audit records to the hash chain (schema V5).
+pub const AUDIT_APPEND: &str =
+    "SELECT postbus.audit_append($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::bigint)";
+
+/// The columns of an audit record, `detail` also as the text the chain hashed.
+macro_rules! audit_columns {
+    () => {
+        "seq, at_us, node_id, kind, principal, destination, detail, detail::text, prev_hash, hash"
+    };
+}
+
+pub const AUDIT_PAGE: &str = concat!(
+    "SELECT ",
+    audit_columns!(),
+    " FROM postbus.audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
+);
+
+pub const AUDIT_TAIL: &str = concat!(
+    "SELECT ",
+    audit_columns!(),
+    " FROM postbus.audit_log ORDER BY seq DESC LIMIT $1"
+);
+
+pub const AUDIT_SEQ_SINCE: &str = "SELECT coalesce(min(seq), (SELECT seq + 1 FROM postbus.audit_head)) \
+     FROM postbus.audit_log WHERE at_us >= (extract(epoch FROM $1::text::timestamptz) * 1000000)::bigint";
+
+pub const AUDIT_HEAD: &str = "SELECT seq, hash FROM postbus.audit_head";

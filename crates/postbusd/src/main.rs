@@ -209,7 +209,18 @@ async fn serve(
             security,
             dir,
             std::time::Duration::from_millis(cfg.security.policy_reload_ms.max(100)),
-            |_| {},
+            {
+                let engine = engine.clone();
+                move |outcome| {
+                    let record = match outcome {
+                        Ok(rules) => postbus_store::AuditRecord::new("policy.reloaded")
+                            .detail(serde_json::json!({"rules": rules})),
+                        Err(why) => postbus_store::AuditRecord::new("policy.rejected")
+                            .detail(serde_json::json!({"reason": why})),
+                    };
+                    engine.audit(record);
+                }
+            },
         );
     }
 

@@ -1,4 +1,4 @@
--- postbus schema, version 5: the SQL API. Applications send, receive, acknowledge and
+-- postbus schema, version 6: the SQL API. Applications send, receive, acknowledge and
 -- negatively acknowledge inside their own database transactions; a rollback undoes all of it.
 --
 --   postbus.send(destination, body, properties, ...)      -> the message id ('ID:<n>')
@@ -226,6 +226,10 @@ BEGIN
         send.jms_type, send.content_type, session_user, send.traceparent, send.tracestate,
         nullif(coalesce(send.properties, '{}'), '{}'), nullif(send.property_types, '{}'), send.body,
         CASE WHEN d.kind = 'topic' THEN d.name END);
+    IF d.audit_messages THEN
+        PERFORM postbus.audit_append(ARRAY['message.sent'], ARRAY[session_user::text],
+            ARRAY['/' || d.kind || '/' || d.name], ARRAY[jsonb_build_object('message_id', 'ID:' || new_id, 'via', 'sql')]);
+    END IF;
     -- The same wake-up the broker's own writers send; delivered only if the caller commits.
     PERFORM pg_notify('postbus_wake', CASE WHEN d.kind = 'topic' THEN 't' ELSE '' END || d.id);
     RETURN 'ID:' || new_id;
@@ -282,17 +286,26 @@ CREATE FUNCTION postbus.dead_letter_held(lease bigint, d postbus.destinations) R
 LANGUAGE plpgsql AS $$
 DECLARE
     dlq postbus.destinations;
+    last_seq bigint;
 BEGIN
     IF d.name LIKE 'DLQ.%' OR NOT EXISTS (
         SELECT 1 FROM postbus.messages m WHERE m.owner = lease AND m.delivery_count >= d.max_deliveries) THEN
         RETURN;
     END IF;
     dlq := postbus.resolve_destination('/queue/' || coalesce(d.dead_letter_queue, 'DLQ.' || d.name), true);
-    UPDATE postbus.messages m SET owner = NULL, queue_id = dlq.id,
-        dlq_reason = format('delivered %s times (max-deliveries %s)', m.delivery_count, d.max_deliveries),
-        origin = coalesce(m.origin, '/topic/' || m.topic, '/' || d.kind || '/' || d.name),
-        topic = NULL
-    WHERE m.owner = lease AND m.delivery_count >= d.max_deliveries;
+    WITH moved AS (
+        UPDATE postbus.messages m SET owner = NULL, queue_id = dlq.id,
+            dlq_reason = format('delivered %s times (max-deliveries %s)', m.delivery_count, d.max_deliveries),
+            origin = coalesce(m.origin, '/topic/' || m.topic, '/' || d.kind || '/' || d.name),
+            topic = NULL
+        WHERE m.owner = lease AND m.delivery_count >= d.max_deliveries
+        RETURNING m.id, m.publish_id, m.origin, m.dlq_reason)
+    SELECT postbus.audit_append(
+        array_agg('message.dead_lettered'::text), array_agg(session_user::text),
+        array_agg('/queue/' || dlq.name),
+        array_agg(jsonb_build_object('message_id', 'ID:' || coalesce(x.publish_id, x.id),
+                                     'from', x.origin, 'reason', x.dlq_reason)))
+    INTO last_seq FROM moved x;
     PERFORM pg_notify('postbus_wake', dlq.id::text);
 END $$;
 
@@ -508,6 +521,10 @@ DECLARE
     holders bigint[];
     leases bigint[];
     l bigint;
+    acked_id bigint;
+    acked_publish bigint;
+    acked_queue integer;
+    d postbus.destinations;
 BEGIN
     SELECT array_agg(h.id), array_agg(h.owner) INTO held, holders FROM postbus.held_rows(handle) h;
     IF cardinality(held) > 1 THEN
@@ -517,10 +534,18 @@ BEGIN
     -- The owner is matched again here, on the row as it is when locked.
     WITH gone AS (
         DELETE FROM postbus.messages m
-        WHERE m.id = held[1] AND m.owner = holders[1] AND m.owner < 0 RETURNING m.owner)
-    SELECT array_agg(g.owner) INTO leases FROM gone g;
+        WHERE m.id = held[1] AND m.owner = holders[1] AND m.owner < 0
+        RETURNING m.owner, m.id, m.publish_id, m.queue_id)
+    SELECT array_agg(g.owner), min(g.id), min(g.publish_id), min(g.queue_id)
+    INTO leases, acked_id, acked_publish, acked_queue FROM gone g;
     IF leases IS NULL THEN
         RETURN false;
+    END IF;
+    SELECT * INTO d FROM postbus.destinations x WHERE x.id = acked_queue;
+    IF d.audit_messages THEN
+        PERFORM postbus.audit_append(ARRAY['message.acked'], ARRAY[session_user::text],
+            ARRAY['/' || d.kind || '/' || d.name],
+            ARRAY[jsonb_build_object('message_id', 'ID:' || coalesce(acked_publish, acked_id), 'via', 'sql')]);
     END IF;
     FOREACH l IN ARRAY leases LOOP
         PERFORM postbus.end_lease_if_empty(l);
@@ -562,6 +587,11 @@ BEGIN
             origin = coalesce(x.origin, '/topic/' || x.topic, '/' || d.kind || '/' || d.name),
             topic = NULL, last_error = coalesce(nack.error, x.last_error)
         WHERE x.id = m.id;
+        PERFORM postbus.audit_append(
+            ARRAY['message.dead_lettered'], ARRAY[session_user::text], ARRAY['/queue/' || dlq.name],
+            ARRAY[jsonb_build_object('message_id', 'ID:' || coalesce(m.publish_id, m.id),
+                  'from', coalesce(m.origin, '/topic/' || m.topic, '/' || d.kind || '/' || d.name),
+                  'reason', 'negatively acknowledged', 'error', nack.error)]);
         PERFORM pg_notify('postbus_wake', dlq.id::text);
     ELSE
         delay := CASE WHEN d.redelivery_delay_ms <= 0 THEN 0 ELSE least(
