@@ -499,3 +499,53 @@ async fn dead_letter_moves_and_created_destinations_are_audited() {
         "{created:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audited_queue_records_each_send_and_ack_in_their_transactions() {
+    let b = TestBroker::start().await;
+    b.create_queue(
+        "ledger.audited",
+        postbus_model::QueueSettings {
+            audit_messages: true,
+            ..postbus_model::QueueSettings::default()
+        },
+    )
+    .await;
+    let mut c = b.client().await;
+    c.send("/queue/ledger.audited", "entry", &[]).await.unwrap();
+    // Written with the message, before the RECEIPT: no waiting for a background writer.
+    let sent = postbus_tests::sql(
+        &b.url,
+        "SELECT principal, destination, detail->>'message_id' FROM postbus.audit_log WHERE kind = 'message.sent'",
+    )
+    .await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0][0].as_deref(), Some("anonymous"));
+    assert_eq!(sent[0][1].as_deref(), Some("/queue/ledger.audited"));
+    c.subscribe("/queue/ledger.audited", "s", "client-individual", &[])
+        .await
+        .unwrap();
+    let m = c
+        .recv_timeout(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("entry");
+    assert_eq!(m.header("message-id"), sent[0][2].as_deref());
+    c.ack(&m, None).await.unwrap();
+    let acked = postbus_tests::sql(
+        &b.url,
+        "SELECT detail->>'message_id' FROM postbus.audit_log WHERE kind = 'message.acked'",
+    )
+    .await;
+    assert_eq!(acked[0][0], sent[0][2]);
+    // Nothing else is audited per message on other queues.
+    c.send("/queue/plain", "x", &[]).await.unwrap();
+    assert_eq!(
+        postbus_tests::count(
+            &b.url,
+            "SELECT count(*) FROM postbus.audit_log WHERE kind = 'message.sent'"
+        )
+        .await,
+        1
+    );
+}

@@ -217,6 +217,7 @@ pub async fn send(
                 message,
                 pre_claimed: false,
                 topic: None,
+                audited: q.settings.audit_messages.then(|| destination.to_stomp()),
             }
         }
         DestinationKind::TempQueue => {
@@ -227,6 +228,7 @@ pub async fn send(
                 message,
                 pre_claimed: false,
                 topic: None,
+                audited: q.settings.audit_messages.then(|| destination.to_stomp()),
             }
         }
         DestinationKind::Topic => {
@@ -236,6 +238,7 @@ pub async fn send(
                 dedup_window_ms: t.settings.dedup_window_ms,
                 message,
                 pre_claimed: false,
+                audited: t.settings.audit_messages.then(|| destination.to_stomp()),
                 topic: Some(t.name),
             }
         }

@@ -657,6 +657,22 @@ impl Session {
         None
     }
 
+    /// `message.acked` audit records for acks of a destination that audits its messages (the
+    /// id is the row's: a topic copy's own id), written in the ack's transaction.
+    fn ack_audit(&self, queue: &QueueRuntime, ids: &[i64]) -> Vec<AuditRecord> {
+        if !queue.settings.audit_messages {
+            return Vec::new();
+        }
+        ids.iter()
+            .map(|id| {
+                AuditRecord::new("message.acked")
+                    .principal(self.identity.principal.clone())
+                    .destination(format!("/{}/{}", queue.kind.as_str(), queue.name))
+                    .detail(serde_json::json!({"message_id": format!("ID:{id}")}))
+            })
+            .collect()
+    }
+
     /// An ERROR (which ends the connection) when the policies do not allow it.
     fn authorize(&self, action: Action, destination: &str, receipt: Option<&str>) -> Option<End> {
         let decision = self
@@ -747,6 +763,10 @@ impl Session {
                     message: req.message,
                     pre_claimed: false,
                     topic: None,
+                    audited: queue
+                        .settings
+                        .audit_messages
+                        .then(|| req.destination.to_stomp()),
                 };
                 (row, Some(queue))
             }
@@ -760,6 +780,10 @@ impl Session {
                     dedup_window_ms: topic.settings.dedup_window_ms,
                     message: req.message,
                     pre_claimed: false,
+                    audited: topic
+                        .settings
+                        .audit_messages
+                        .then(|| req.destination.to_stomp()),
                     topic: Some(topic.name),
                 };
                 (row, None)
@@ -1289,6 +1313,7 @@ impl Session {
         let unit = if is_ack {
             Unit {
                 acks: ids.clone(),
+                audit: self.ack_audit(&queue, &ids),
                 ..Default::default()
             }
         } else {
@@ -1397,6 +1422,7 @@ impl Session {
             let ids: Vec<i64> = covered.iter().map(|f| f.id).collect();
             if is_ack {
                 unit.acks.extend(&ids);
+                unit.audit.extend(self.ack_audit(&queue, &ids));
             } else {
                 for f in &covered {
                     unit.releases.push(
@@ -1603,10 +1629,12 @@ impl Session {
         {
             return;
         }
+        let audit = self.ack_audit(&note.queue, &[note.id]);
         let then = Then::Settle(vec![(note.queue, note.consumer, vec![note.id])]);
         self.wait_for(
             Unit {
                 acks: vec![note.id],
+                audit,
                 ..Default::default()
             },
             then,

@@ -54,6 +54,9 @@ pub struct CreateArgs {
     /// One active consumer at a time.
     #[arg(long)]
     pub exclusive: bool,
+    /// Record every message sent to it and acknowledged from it in the audit log (ids only).
+    #[arg(long)]
+    pub audit_messages: bool,
 }
 
 /// The store for queue and database commands: --database-url, or the development database.
@@ -120,6 +123,7 @@ pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
                 expiry_queue: a.expiry_queue.clone(),
                 dedup_window_ms: a.dedup_window_ms,
                 exclusive: a.exclusive,
+                audit_messages: a.audit_messages,
             };
             let (row, created) = store
                 .create_destination(DestinationKind::Queue, &a.name, &settings, false)
@@ -218,6 +222,7 @@ pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
                 ),
                 ("dedup window (ms)", s.dedup_window_ms.to_string()),
                 ("exclusive", s.exclusive.to_string()),
+                ("audit messages", s.audit_messages.to_string()),
             ] {
                 t.add_row([k.to_owned(), v]);
             }

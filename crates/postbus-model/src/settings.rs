@@ -22,6 +22,9 @@ pub struct QueueSettings {
     pub dedup_window_ms: i64,
     /// One active consumer at a time.
     pub exclusive: bool,
+    /// Record every message sent to it and acknowledged from it in the audit log (ids, not
+    /// bodies).
+    pub audit_messages: bool,
 }
 
 impl Default for QueueSettings {
@@ -35,6 +38,7 @@ impl Default for QueueSettings {
             expiry_queue: None,
             dedup_window_ms: 24 * 3600 * 1000,
             exclusive: false,
+            audit_messages: false,
         }
     }
 }

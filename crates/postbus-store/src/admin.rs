@@ -44,6 +44,7 @@ pub(crate) fn row_to_destination(r: &Row) -> Result<DestinationRow, StoreError> 
             expiry_queue: r.get(8),
             dedup_window_ms: r.get(9),
             exclusive: r.get(10),
+            audit_messages: r.get(12),
         },
         auto_created: r.get(11),
     })
@@ -92,6 +93,7 @@ impl Store {
                     &s.dedup_window_ms,
                     &s.exclusive,
                     &auto_created,
+                    &s.audit_messages,
                 ],
             )
             .await?

@@ -28,6 +28,9 @@ pub struct InsertRow {
     /// A publish to this topic (then `queue_id` is the topic's destination id, which scopes its
     /// dedup ids): one copy goes to each matching subscription, none if there is none.
     pub topic: Option<String>,
+    /// The destination (`/queue/NAME`) records this message in the audit log: a
+    /// `message.sent` record in the same transaction.
+    pub audited: Option<String>,
 }
 
 /// An in-flight message to give back: for redelivery after `ready_at`, or to a dead-letter queue.
@@ -57,6 +60,8 @@ pub struct Unit {
     /// All or nothing: a client transaction. A non-atomic unit's missing acks are reported
     /// per id instead.
     pub atomic: bool,
+    /// Audit records written in the same transaction (acks of audited destinations).
+    pub audit: Vec<crate::AuditRecord>,
 }
 
 /// A batch of units that commit together.
@@ -466,6 +471,21 @@ impl Store {
             k += u.inserts.len();
             outcomes[*i] = committed(u, inserted, &acked, &released);
         }
+        // Audit records of audited destinations, in this transaction (one statement).
+        let mut records: Vec<crate::AuditRecord> = Vec::new();
+        for (k, (_, row)) in inserts.iter().enumerate() {
+            if let (Some(dest), InsertOutcome::Stored(id)) = (&row.audited, &outcome_of_insert[k]) {
+                let mut r = crate::AuditRecord::new("message.sent")
+                    .destination(dest.clone())
+                    .detail(serde_json::json!({"message_id": id.to_string()}));
+                r.principal = row.message.user_id.clone();
+                records.push(r);
+            }
+        }
+        records.extend(live.iter().flat_map(|(_, u)| u.audit.iter().cloned()));
+        if !records.is_empty() {
+            crate::audit::append_with(client, Some(batch.node), &records).await?;
+        }
         // Subscriptions that got copies are announced unthrottled (this broker hears it too:
         // that is how its own subscription dispatchers learn of them).
         if let Some(ids) = &batch.notify {
@@ -564,9 +584,10 @@ fn committed(
 fn is_simple(batch: &WriteBatch) -> bool {
     batch.units.iter().all(|u| {
         u.client_tx.is_none()
+            && u.audit.is_empty()
             && u.inserts
                 .iter()
-                .all(|r| r.message.dedup_id.is_none() && r.topic.is_none())
+                .all(|r| r.message.dedup_id.is_none() && r.topic.is_none() && r.audited.is_none())
             && !(u.atomic && (!u.acks.is_empty() || !u.releases.is_empty()))
     })
 }
@@ -899,6 +920,7 @@ impl Store {
                 queue_id: topic_id,
                 dedup_window_ms: 0,
                 pre_claimed: false,
+                audited: None,
                 topic: m.topic.clone(),
                 message: NewMessage {
                     body: m.body,

@@ -270,12 +270,13 @@ pub const DEREGISTER_NODE: &str = "WITH gone AS (DELETE FROM postbus.nodes WHERE
      WHERE owner = ANY(ARRAY(SELECT id FROM gone))";
 
 pub const DESTINATION_COLUMNS: &str = "id, kind, name, max_deliveries, redelivery_delay_ms, redelivery_backoff, \
-     redelivery_max_delay_ms, dead_letter_queue, expiry_queue, dedup_window_ms, exclusive, auto_created";
+     redelivery_max_delay_ms, dead_letter_queue, expiry_queue, dedup_window_ms, exclusive, auto_created, \
+     audit_messages";
 
 pub const INSERT_DESTINATION: &str = "INSERT INTO postbus.destinations (kind, name, max_deliveries, \
         redelivery_delay_ms, redelivery_backoff, redelivery_max_delay_ms, dead_letter_queue, expiry_queue, \
-        dedup_window_ms, exclusive, auto_created) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (kind, name) DO NOTHING";
+        dedup_window_ms, exclusive, auto_created, audit_messages) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (kind, name) DO NOTHING";
 
 /// Per-destination depth by state. Uses the partial indexes; meant for admin calls, not for
 /// every metrics scrape over a deep queue.

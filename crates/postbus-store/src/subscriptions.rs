@@ -40,16 +40,16 @@ pub struct SubscriptionRow {
 }
 
 fn row_to_subscription(r: &Row) -> Result<SubscriptionRow, StoreError> {
-    // Destination columns first (12 of them), then SUBSCRIPTION_COLUMNS.
+    // Destination columns first (13 of them), then SUBSCRIPTION_COLUMNS.
     Ok(SubscriptionRow {
         destination: row_to_destination(r)?,
-        topic_pattern: r.get(12),
-        selector: r.get(13),
-        durable: r.get(14),
-        shared: r.get(15),
-        client_id: r.get(16),
-        subscription_name: r.get(17),
-        node_id: r.get(18),
+        topic_pattern: r.get(13),
+        selector: r.get(14),
+        durable: r.get(15),
+        shared: r.get(16),
+        client_id: r.get(17),
+        subscription_name: r.get(18),
+        node_id: r.get(19),
     })
 }
 
