@@ -127,10 +127,9 @@ fn print(cli: &Cli, entries: &[AuditEntry]) {
         "detail",
     ]);
     for e in entries {
-        let secs = e.at_us / 1_000_000;
         t.add_row([
             e.seq.to_string(),
-            format!("{}.{:06}", secs, e.at_us % 1_000_000),
+            e.at.clone(),
             e.kind.clone(),
             e.principal.clone().unwrap_or_default(),
             e.destination.clone().unwrap_or_default(),

@@ -49,6 +49,8 @@ pub struct AuditEntry {
     pub seq: i64,
     /// Epoch microseconds.
     pub at_us: i64,
+    /// The same as an RFC 3339 UTC timestamp.
+    pub at: String,
     pub node_id: Option<i64>,
     pub kind: String,
     pub principal: Option<String>,
@@ -118,6 +120,7 @@ fn entry(r: &Row) -> AuditEntry {
         detail_text: r.get(7),
         prev_hash: r.get(8),
         hash: r.get(9),
+        at: r.get(10),
     }
 }
 
@@ -277,6 +280,7 @@ mod tests {
         let e = AuditEntry {
             seq: 1,
             at_us: 5,
+            at: String::new(),
             node_id: None,
             kind: "connect".into(),
             principal: Some("a|b".into()),

@@ -452,7 +452,8 @@ pub const AUDIT_APPEND: &str =
 /// The columns of an audit record, `detail` also as the text the chain hashed.
 macro_rules! audit_columns {
     () => {
-        "seq, at_us, node_id, kind, principal, destination, detail, detail::text, prev_hash, hash"
+        "seq, at_us, node_id, kind, principal, destination, detail, detail::text, prev_hash, hash, \
+         to_char(to_timestamp(at_us / 1000000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
     };
 }
 
