@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit, property and integration tests against private PostgreSQL clusters
 # (started and stopped by the tests themselves), the crash tests, and the stomp.py interop
-# test. Installs what it needs first (PostgreSQL if missing and we are root; stomp.py into
-# tests/.venv).
+# test. Installs what it needs first (PostgreSQL and openssl if missing and we are root;
+# stomp.py into tests/.venv).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . ops/scripts/lib.sh
@@ -23,6 +23,16 @@ if [ ! -x tests/.venv/bin/python ] || ! tests/.venv/bin/python -c 'import stomp'
   tests/.venv/bin/pip install -q 'stomp.py>=8,<10'
 fi
 export POSTBUS_PYTHON="$PWD/tests/.venv/bin/python"
+
+# The security tests make keys and certificates with openssl.
+if ! command -v openssl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    echo "openssl is missing (the TLS and JWT tests make their keys with it): install it" >&2
+    exit 1
+  fi
+fi
 
 # The crash tests run the real binaries.
 cargo build --bins -q
