@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit, property and integration tests against private PostgreSQL clusters
 # (started and stopped by the tests themselves), the crash tests, and the stomp.py interop
-# test. Installs what it needs first (PostgreSQL and openssl if missing and we are root;
-# stomp.py into tests/.venv).
+# test. Installs what it needs first (PostgreSQL, openssl and promtool if missing and we are
+# root; stomp.py into tests/.venv).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . ops/scripts/lib.sh
@@ -24,12 +24,16 @@ if [ ! -x tests/.venv/bin/python ] || ! tests/.venv/bin/python -c 'import stomp'
 fi
 export POSTBUS_PYTHON="$PWD/tests/.venv/bin/python"
 
-# The security tests make keys and certificates with openssl.
-if ! command -v openssl >/dev/null 2>&1; then
+# The security tests make keys and certificates with openssl; the metrics tests check the
+# alert rules and a live /metrics with promtool (Debian package prometheus).
+need=()
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "openssl is missing (the TLS and JWT tests make their keys with it): install it" >&2
+    echo "missing: ${need[*]} (openssl makes the TLS and JWT tests' keys; promtool, in package prometheus, checks the metrics): install them" >&2
     exit 1
   fi
 fi

@@ -56,6 +56,10 @@ pub struct BrokerConfig {
     pub poll_interval_ms: u64,
     /// How long committed client transaction ids are remembered for COMMIT retries, ms.
     pub transaction_record_ms: i64,
+    /// Destinations with metric series of their own; the rest share `destination="_other"`.
+    pub metrics_max_destinations: usize,
+    /// How often destination depths are sampled for the metrics, ms.
+    pub metrics_depth_interval_ms: u64,
     /// Longest selector accepted on SUBSCRIBE, bytes.
     pub max_selector_bytes: usize,
     /// Deepest nesting accepted in a selector.
@@ -100,6 +104,8 @@ impl Default for BrokerConfig {
             claim_batch: 500,
             poll_interval_ms: 2_000,
             transaction_record_ms: 24 * 3600 * 1000,
+            metrics_max_destinations: 200,
+            metrics_depth_interval_ms: 10_000,
             max_selector_bytes: 4096,
             max_selector_depth: 64,
             dispatch_buffer_messages: 1_000,

@@ -15,6 +15,7 @@ use postbus_store::{
 use tokio::sync::oneshot;
 
 use crate::config::BrokerConfig;
+use crate::metrics::Metrics;
 use crate::queue::{QueueRuntime, run_dispatcher};
 use crate::security::Security;
 use crate::writer::{CommitObserver, WriteError, WriterLimits, Writers};
@@ -67,6 +68,7 @@ struct Inner {
     fanning_out: Mutex<HashMap<i32, bool>>,
     /// Audit records on their way to the chain (written in batches by a background task).
     audit: tokio::sync::mpsc::UnboundedSender<AuditRecord>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -108,11 +110,35 @@ impl CommitObserver for WakeOnCommit {
         queue.map(|q| q.reserve_fresh(sizes)).unwrap_or(0)
     }
 
-    fn committed(&self, units: &[Unit], outcomes: &[UnitOutcome], _elapsed: Duration) {
+    fn committed(&self, units: &[Unit], outcomes: &[UnitOutcome], elapsed: Duration) {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
         let engine = Engine(inner);
+        let m = engine.metrics().clone();
+        m.batch_units.observe(units.len() as f64);
+        m.db_query
+            .with_label_values(&["batch"])
+            .observe(elapsed.as_secs_f64());
+        for (unit, outcome) in units.iter().zip(outcomes) {
+            let UnitOutcome::Committed { inserted, .. } = outcome else {
+                continue;
+            };
+            for (row, result) in unit.inserts.iter().zip(inserted) {
+                let label = match &row.topic {
+                    Some(t) => m.label(&format!("/topic/{t}")),
+                    None => engine.metric_label(row.queue_id),
+                };
+                match result {
+                    InsertOutcome::Stored(_) => {
+                        m.enqueued.with_label_values(&[label.as_str()]).inc()
+                    }
+                    InsertOutcome::Duplicate(_) => {
+                        m.deduplicated.with_label_values(&[label.as_str()]).inc()
+                    }
+                }
+            }
+        }
         // Fresh messages claimed in the insert go to their consumers from memory.
         let mut fresh: HashMap<i32, Vec<StoredMessage>> = HashMap::new();
         // Queue -> (messages, body bytes) reserved for inserts that stored nothing.
@@ -164,6 +190,8 @@ impl CommitObserver for WakeOnCommit {
                 if lost_releases.contains(&r.id) {
                     continue;
                 }
+                let from = m.label(r.origin.as_deref().unwrap_or("unknown"));
+                m.dead_lettered.with_label_values(&[from.as_str()]).inc();
                 let dlq = r.dead_letter.unwrap_or_default();
                 let name = engine
                     .lock_queues()
@@ -233,6 +261,11 @@ impl CommitObserver for WakeOnCommit {
             return;
         };
         let engine = Engine(inner);
+        engine
+            .metrics()
+            .db_errors
+            .with_label_values(&["batch"])
+            .inc();
         for unit in units {
             for row in unit.inserts.iter().filter(|r| r.pre_claimed) {
                 let queue = engine.lock_queues().by_id.get(&row.queue_id).cloned();
@@ -305,6 +338,10 @@ impl Engine {
         store.remove_gone_node_temp_queues().await?;
         tracing::info!(node = node.0, name = %node_name, recovered_queues = recovered.len(), "broker node registered");
         let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::new(
+            config.metrics_max_destinations,
+            config.max_connections,
+        ));
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let limits = WriterLimits {
                 max_in_flight: config.writers,
@@ -333,12 +370,97 @@ impl Engine {
                 receivers: Mutex::new(HashMap::new()),
                 fanning_out: Mutex::new(HashMap::new()),
                 audit: audit_tx,
+                metrics,
             }
         });
         let engine = Engine(inner);
         tokio::spawn(write_audit(engine.0.store.clone(), node, audit_rx));
         engine.spawn_background();
         Ok(engine)
+    }
+
+    /// The broker's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+
+    /// A destination's metric label (`/queue/NAME`...) for a queue id this broker knows.
+    fn metric_label(&self, queue_id: i32) -> String {
+        let name = self
+            .lock_queues()
+            .by_id
+            .get(&queue_id)
+            .map(|q| format!("/{}/{}", q.kind.as_str(), q.name))
+            .unwrap_or_else(|| format!("queue id {queue_id}"));
+        self.0.metrics.label(&name)
+    }
+
+    /// Samples destination depths and consumer counts into the metrics (a few index scans,
+    /// every `broker.metrics_depth_interval_ms`, never per scrape).
+    async fn sample_depths(&self) {
+        let m = &self.0.metrics;
+        let started = std::time::Instant::now();
+        let stats = match self.0.store.destination_stats().await {
+            Ok(s) => s,
+            Err(e) => {
+                m.db_errors.with_label_values(&["depth"]).inc();
+                tracing::warn!(error = %e, "sampling destination depths failed");
+                return;
+            }
+        };
+        m.db_query
+            .with_label_values(&["depth"])
+            .observe(started.elapsed().as_secs_f64());
+        let now = postbus_model::now_ms();
+        // Label -> (ready, in flight, scheduled, oldest ready age).
+        let mut by_label: HashMap<String, (i64, i64, i64, f64)> = HashMap::new();
+        for s in stats {
+            let label = m.label(&format!("/{}/{}", s.kind, s.name));
+            let e = by_label.entry(label).or_default();
+            e.0 += s.ready;
+            e.1 += s.in_flight;
+            e.2 += s.scheduled;
+            let age = s
+                .oldest_ready_ms
+                .map(|t| (now - t).max(0) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            e.3 = e.3.max(age);
+        }
+        let consumers: Vec<(String, usize)> = self
+            .lock_queues()
+            .by_id
+            .values()
+            .map(|q| {
+                (
+                    format!("/{}/{}", q.kind.as_str(), q.name),
+                    q.consumer_count(),
+                )
+            })
+            .collect();
+        m.depth.reset();
+        m.oldest_ready_age.reset();
+        m.consumers.reset();
+        for (label, (ready, in_flight, scheduled, age)) in &by_label {
+            m.depth
+                .with_label_values(&[label.as_str(), "ready"])
+                .set(*ready);
+            m.depth
+                .with_label_values(&[label.as_str(), "in_flight"])
+                .set(*in_flight);
+            m.depth
+                .with_label_values(&[label.as_str(), "scheduled"])
+                .set(*scheduled);
+            m.oldest_ready_age
+                .with_label_values(&[label.as_str()])
+                .set(*age);
+            m.consumers.with_label_values(&[label.as_str()]).set(0);
+        }
+        for (name, n) in consumers {
+            let label = m.label(&name);
+            m.consumers
+                .with_label_values(&[label.as_str()])
+                .add(n as i64);
+        }
     }
 
     /// Records a security-relevant event in the audit log (written within ~100 ms, batched).
@@ -864,6 +986,15 @@ impl Engine {
                     .await;
                 match swept {
                     Ok(found) if !found.is_empty() => {
+                        for e in &found {
+                            let label = engine.0.metrics.label(&format!("/queue/{}", e.queue_name));
+                            engine
+                                .0
+                                .metrics
+                                .expired
+                                .with_label_values(&[label.as_str()])
+                                .inc();
+                        }
                         tracing::info!(count = found.len(), "expired messages removed")
                     }
                     Ok(_) => {}
@@ -889,6 +1020,12 @@ impl Engine {
                     Err(e) => tracing::warn!(error = %e, "looking for SQL publications failed"),
                 }
             },
+        ));
+        // Destination depths for the metrics.
+        tokio::spawn(periodic(
+            weak.clone(),
+            Duration::from_millis(self.0.config.metrics_depth_interval_ms.max(100)),
+            |engine| async move { engine.sample_depths().await },
         ));
         // Shared topic bodies no copy points at any more.
         tokio::spawn(periodic(

@@ -79,6 +79,7 @@ pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/v1/queues/{name}/messages", post(send_queue))
         .route("/v1/topics/{name}/messages", post(send_topic))
         .route("/v1/temp-queues/{name}/messages", post(send_temp_queue))
@@ -91,6 +92,27 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/receipts/{receipt}/nack", post(nack))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(engine)
+}
+
+/// The Prometheus text exposition (unauthenticated, as the health endpoints: it names
+/// destinations and counts, never message contents).
+async fn metrics(State(engine): State<Engine>) -> Response {
+    let m = engine.metrics();
+    let (max, size, idle, waiting) = engine.store().pool_status();
+    m.db_pool_max.set(max as i64);
+    m.db_pool
+        .with_label_values(&["in_use"])
+        .set(size.saturating_sub(idle) as i64);
+    m.db_pool.with_label_values(&["idle"]).set(idle as i64);
+    m.db_pool_waiting.set(waiting as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
 }
 
 async fn ready(State(engine): State<Engine>) -> (StatusCode, String) {
@@ -169,6 +191,11 @@ impl axum::extract::FromRequestParts<Engine> for Caller {
             .authenticate(token, cert)
             .map(Caller)
             .map_err(|e| {
+                engine
+                    .metrics()
+                    .auth_failures
+                    .with_label_values(&["http"])
+                    .inc();
                 engine.audit(AuditRecord::new("auth.failed").detail(json!({
                     "protocol": "http",
                     "path": parts.uri.path(),
@@ -191,6 +218,11 @@ fn authorize(
         return Ok(());
     }
     tracing::warn!(principal = %who.principal, action = action.as_str(), destination, reason = %d.explain(), "authorization denied (HTTP)");
+    engine
+        .metrics()
+        .policy_denials
+        .with_label_values(&[action.as_str()])
+        .inc();
     engine.audit(
         AuditRecord::new("authz.denied")
             .principal(who.principal.clone())

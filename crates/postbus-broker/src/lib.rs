@@ -10,6 +10,7 @@
 //! - [`selecting`]: a consumer's JMS selector (exact evaluation and SQL narrowing).
 //! - [`send`]: turns a SEND frame into a validated message.
 //! - [`http`]: the HTTP listener's routes (health, the messaging API).
+//! - [`metrics`]: the Prometheus registry, bounded destination labels, the depth sampler's gauges.
 //! - [`rest`]: the HTTP messaging API's logic (send, receive under a lease, ack/nack).
 //! - [`session`]: one STOMP connection's state machine.
 //! - [`tls`]: TLS for the listeners (rustls), client certificates, reload.
@@ -18,6 +19,7 @@
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod queue;
 pub mod rest;
 pub mod security;

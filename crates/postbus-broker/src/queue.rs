@@ -317,6 +317,11 @@ impl QueueRuntime {
         }
     }
 
+    /// Consumers attached on this broker.
+    pub fn consumer_count(&self) -> usize {
+        self.lock().consumers.len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         // A panic while holding this lock is a bug; the state is still consistent enough to
         // keep serving other consumers, so recover the guard rather than poisoning the queue.
@@ -896,11 +901,20 @@ pub async fn run_dispatcher(engine: Engine, queue: Arc<QueueRuntime>) {
                 if room == 0 {
                     break;
                 }
-                match engine
+                let started = std::time::Instant::now();
+                let result = engine
                     .store()
                     .claim(engine.node(), queue.id, room as i64, grouped)
-                    .await
-                {
+                    .await;
+                let metrics = engine.metrics();
+                match &result {
+                    Ok(_) => metrics
+                        .db_query
+                        .with_label_values(&["claim"])
+                        .observe(started.elapsed().as_secs_f64()),
+                    Err(_) => metrics.db_errors.with_label_values(&["claim"]).inc(),
+                }
+                match result {
                     Ok(m) => {
                         if m.len() < room {
                             if grouped {

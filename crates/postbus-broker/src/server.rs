@@ -41,6 +41,9 @@ pub async fn serve_stomp_with(engine: Engine, listener: TcpListener, tls: Option
             Ok(permit) => {
                 let engine = engine.clone();
                 let acceptor = tls.as_ref().map(|t| t.acceptor());
+                let metrics = engine.metrics().clone();
+                metrics.connections.inc();
+                metrics.connections_opened.inc();
                 tokio::spawn(async move {
                     match acceptor {
                         None => run_session(engine, socket, peer, None).await,
@@ -59,6 +62,7 @@ pub async fn serve_stomp_with(engine: Engine, listener: TcpListener, tls: Option
                             }
                         }
                     }
+                    metrics.connections.dec();
                     drop(permit);
                 });
             }

@@ -118,6 +118,10 @@ struct Session {
     subs: HashMap<String, Subscription>,
     /// Message id -> subscription id, for the messages in flight to this connection.
     delivered: HashMap<i64, String>,
+    /// Message id -> when it was delivered (for the delivery-to-ack latency).
+    delivered_at: HashMap<i64, std::time::Instant>,
+    /// Metric labels of the destinations this connection sent to (its producer gauges).
+    producing: std::collections::HashSet<String>,
     transactions: HashMap<String, Transaction>,
     out: mpsc::UnboundedSender<Out>,
     events_tx: mpsc::UnboundedSender<SessionEvent>,
@@ -212,6 +216,11 @@ pub async fn run_session<S>(
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(conn, %peer, error = %e, "authentication failed");
+            engine
+                .metrics()
+                .auth_failures
+                .with_label_values(&["stomp"])
+                .inc();
             engine.audit(AuditRecord::new("auth.failed").detail(serde_json::json!({
                 "peer": peer.to_string(),
                 "protocol": "stomp",
@@ -281,6 +290,8 @@ pub async fn run_session<S>(
         identity,
         subs: HashMap::new(),
         delivered: HashMap::new(),
+        delivered_at: HashMap::new(),
+        producing: Default::default(),
         transactions: HashMap::new(),
         out: out_tx,
         events_tx,
@@ -527,10 +538,16 @@ impl Session {
     /// Queues a write; its completion is handled in frame order.
     fn wait_for(&mut self, unit: Unit, then: Then, receipt: Option<String>) {
         let rx = self.engine.submit(self.conn, unit, receipt.is_some());
+        let timed = matches!(then, Then::Send | Then::Commit(_));
+        let metrics = self.engine.metrics().clone();
+        let started = std::time::Instant::now();
         self.pending.push_back(Box::pin(async move {
             let result = rx
                 .await
                 .unwrap_or_else(|_| Err(WriteError::Failed("the broker is shutting down".into())));
+            if timed && result.is_ok() {
+                metrics.send_commit.observe(started.elapsed().as_secs_f64());
+            }
             Completion {
                 result,
                 then,
@@ -690,6 +707,11 @@ impl Session {
             reason = %decision.explain(),
             "authorization denied"
         );
+        self.engine
+            .metrics()
+            .policy_denials
+            .with_label_values(&[action.as_str()])
+            .inc();
         self.engine.audit(
             AuditRecord::new("authz.denied")
                 .principal(self.identity.principal.clone())
@@ -798,6 +820,14 @@ impl Session {
                 ));
             }
         };
+        let label = self.engine.metrics().label(&req.destination.to_stomp());
+        if self.producing.insert(label.clone()) {
+            self.engine
+                .metrics()
+                .producers
+                .with_label_values(&[label.as_str()])
+                .inc();
+        }
         if let Some(tx_id) = req.transaction {
             let limit = self.engine.config().max_transaction_operations;
             let Some(tx) = self.transactions.get_mut(&tx_id) else {
@@ -1287,6 +1317,19 @@ impl Session {
             Err(e) => return Some(End::error(format!("{verb}: {e}"), r.as_deref())),
         };
         let ids: Vec<i64> = covered.iter().map(|f| f.id).collect();
+        {
+            let m = self.engine.metrics();
+            let label = m.label(&format!("/{}/{}", queue.kind.as_str(), queue.name));
+            let counter = if is_ack { &m.acked } else { &m.nacked };
+            counter
+                .with_label_values(&[label.as_str()])
+                .inc_by(ids.len() as u64);
+            for id in &ids {
+                if let Some(t) = self.delivered_at.remove(id) {
+                    m.delivery_to_ack.observe(t.elapsed().as_secs_f64());
+                }
+            }
+        }
         if let Some(tx_id) = frame.header("transaction") {
             let limit = self.engine.config().max_transaction_operations;
             let Some(tx) = self.transactions.get_mut(tx_id) else {
@@ -1564,6 +1607,7 @@ impl Session {
                     if ok {
                         for id in ids {
                             self.delivered.remove(id);
+                            self.delivered_at.remove(id);
                         }
                     }
                     queue.finish_settle(
@@ -1578,6 +1622,7 @@ impl Session {
                     if ok {
                         for id in ids {
                             self.delivered.remove(id);
+                            self.delivered_at.remove(id);
                         }
                     }
                     queue.finish_settle(
@@ -1607,6 +1652,14 @@ impl Session {
             self.version != Version::V1_2,
         );
         let id = d.message.id.0;
+        let m = self.engine.metrics();
+        let label = m.label(&format!("/{}/{}", d.queue.kind.as_str(), d.queue.name));
+        m.delivered.with_label_values(&[label.as_str()]).inc();
+        if d.message.delivery_count > 0 {
+            m.redelivered.with_label_values(&[label.as_str()]).inc();
+        }
+        m.enqueue_to_delivery
+            .observe((postbus_model::now_ms() - d.message.sent_at).max(0) as f64 / 1000.0);
         if sub.ack == AckMode::Auto {
             let note = AutoAckNote {
                 queue: d.queue.clone(),
@@ -1616,6 +1669,7 @@ impl Session {
             let _ = self.out.send(Out::AutoAck(frame, note));
         } else {
             self.delivered.insert(id, d.subscription.to_string());
+            self.delivered_at.insert(id, std::time::Instant::now());
             self.send_frame(frame);
         }
     }
@@ -1630,6 +1684,13 @@ impl Session {
             return;
         }
         let audit = self.ack_audit(&note.queue, &[note.id]);
+        let m = self.engine.metrics();
+        let label = m.label(&format!(
+            "/{}/{}",
+            note.queue.kind.as_str(),
+            note.queue.name
+        ));
+        m.acked.with_label_values(&[label.as_str()]).inc();
         let then = Then::Settle(vec![(note.queue, note.consumer, vec![note.id])]);
         self.wait_for(
             Unit {
@@ -1757,6 +1818,13 @@ impl Session {
     }
 
     async fn teardown(&mut self) {
+        for label in self.producing.drain() {
+            self.engine
+                .metrics()
+                .producers
+                .with_label_values(&[label.as_str()])
+                .dec();
+        }
         for (_, task) in self.browses.drain() {
             task.abort();
         }

@@ -118,6 +118,12 @@ impl Store {
         })
     }
 
+    /// The connection pool now: (size limit, connections open, idle, tasks waiting).
+    pub fn pool_status(&self) -> (usize, usize, usize, usize) {
+        let s = self.pool.status();
+        (s.max_size, s.size, s.available, s.waiting)
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;

@@ -253,7 +253,8 @@ async fn serve(
         tls.clone(),
     ));
     if let Some(tls) = tls.clone() {
-        tokio::spawn(reload_tls_on_sighup(tls));
+        engine.metrics().set_tls_expiry(tls.not_after());
+        tokio::spawn(reload_tls_on_sighup(tls, engine.clone()));
     }
 
     tracing::info!(stomp = %stomp_addr, http = ?http_addr, "postbus is ready");
@@ -285,14 +286,17 @@ async fn serve(
 
 /// SIGHUP reads the TLS certificate and key again (a renewed certificate takes effect for new
 /// connections; on failure the old one stays and the error is logged).
-async fn reload_tls_on_sighup(tls: std::sync::Arc<postbus_broker::tls::Tls>) {
+async fn reload_tls_on_sighup(tls: std::sync::Arc<postbus_broker::tls::Tls>, engine: Engine) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
         match tls.reload() {
-            Ok(()) => tracing::info!(not_after = tls.not_after(), "TLS certificate reloaded"),
+            Ok(()) => {
+                engine.metrics().set_tls_expiry(tls.not_after());
+                tracing::info!(not_after = tls.not_after(), "TLS certificate reloaded")
+            }
             Err(e) => {
                 tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in force")
             }
