@@ -239,7 +239,7 @@ async fn live_metrics_count_traffic_pass_promtool_and_cover_the_dashboards_and_r
     ] {
         let text = std::fs::read_to_string(ops().join(file)).unwrap();
         let mut rest = text.as_str();
-        while let Some(i) = rest.find(|c: char| c == 'p') {
+        while let Some(i) = rest.find('p') {
             rest = &rest[i..];
             let word: String = rest
                 .chars()
