@@ -56,6 +56,8 @@ pub struct BrokerConfig {
     pub poll_interval_ms: u64,
     /// How long committed client transaction ids are remembered for COMMIT retries, ms.
     pub transaction_record_ms: i64,
+    /// OTLP/HTTP collector for traces (e.g. `http://127.0.0.1:4318`); None: no tracing.
+    pub otlp_endpoint: Option<String>,
     /// Destinations with metric series of their own; the rest share `destination="_other"`.
     pub metrics_max_destinations: usize,
     /// How often destination depths are sampled for the metrics, ms.
@@ -104,6 +106,7 @@ impl Default for BrokerConfig {
             claim_batch: 500,
             poll_interval_ms: 2_000,
             transaction_record_ms: 24 * 3600 * 1000,
+            otlp_endpoint: None,
             metrics_max_destinations: 200,
             metrics_depth_interval_ms: 10_000,
             max_selector_bytes: 4096,

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
+use crate::otel::Otel;
 use crate::queue::{QueueRuntime, run_dispatcher};
 use crate::security::Security;
 use crate::writer::{CommitObserver, WriteError, WriterLimits, Writers};
@@ -39,6 +40,8 @@ pub enum EngineError {
     TempQueue(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Where messages of temporary queues go after too many deliveries.
@@ -69,6 +72,8 @@ struct Inner {
     /// Audit records on their way to the chain (written in batches by a background task).
     audit: tokio::sync::mpsc::UnboundedSender<AuditRecord>,
     metrics: Arc<Metrics>,
+    /// Traces, when an OTLP endpoint is configured.
+    otel: Option<Arc<Otel>>,
 }
 
 #[derive(Default)]
@@ -337,6 +342,10 @@ impl Engine {
         store.remove_gone_node_subscriptions().await?;
         store.remove_gone_node_temp_queues().await?;
         tracing::info!(node = node.0, name = %node_name, recovered_queues = recovered.len(), "broker node registered");
+        let otel = match &config.otlp_endpoint {
+            Some(url) => Some(Arc::new(Otel::start(url).map_err(EngineError::Config)?)),
+            None => None,
+        };
         let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::new(
             config.metrics_max_destinations,
@@ -371,12 +380,18 @@ impl Engine {
                 fanning_out: Mutex::new(HashMap::new()),
                 audit: audit_tx,
                 metrics,
+                otel,
             }
         });
         let engine = Engine(inner);
         tokio::spawn(write_audit(engine.0.store.clone(), node, audit_rx));
         engine.spawn_background();
         Ok(engine)
+    }
+
+    /// The tracer, when traces are exported.
+    pub fn otel(&self) -> Option<&Arc<Otel>> {
+        self.0.otel.as_ref()
     }
 
     /// The broker's metrics.
@@ -1158,6 +1173,9 @@ impl Engine {
 
     /// A clean shutdown: in-flight messages go back to their queues at once.
     pub async fn shutdown(&self) {
+        if let Some(otel) = self.0.otel.clone() {
+            let _ = tokio::task::spawn_blocking(move || otel.shutdown()).await;
+        }
         if let Err(e) = self.0.store.deregister_node(self.0.node).await {
             tracing::warn!(error = %e, "deregistering the node failed; peers will recover its messages after the lease");
         }

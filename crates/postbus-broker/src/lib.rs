@@ -11,6 +11,7 @@
 //! - [`send`]: turns a SEND frame into a validated message.
 //! - [`http`]: the HTTP listener's routes (health, the messaging API).
 //! - [`metrics`]: the Prometheus registry, bounded destination labels, the depth sampler's gauges.
+//! - [`otel`]: OpenTelemetry spans that continue a producer's trace context to the consumer.
 //! - [`rest`]: the HTTP messaging API's logic (send, receive under a lease, ack/nack).
 //! - [`session`]: one STOMP connection's state machine.
 //! - [`tls`]: TLS for the listeners (rustls), client certificates, reload.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod otel;
 pub mod queue;
 pub mod rest;
 pub mod security;

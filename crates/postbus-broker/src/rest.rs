@@ -38,6 +38,7 @@ impl From<EngineError> for ApiError {
                 ApiError::BadRequest(e.to_string())
             }
             EngineError::Store(s) => s.into(),
+            EngineError::Config(m) => ApiError::Unavailable(m),
         }
     }
 }

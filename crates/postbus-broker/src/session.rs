@@ -118,8 +118,9 @@ struct Session {
     subs: HashMap<String, Subscription>,
     /// Message id -> subscription id, for the messages in flight to this connection.
     delivered: HashMap<i64, String>,
-    /// Message id -> when it was delivered (for the delivery-to-ack latency).
-    delivered_at: HashMap<i64, std::time::Instant>,
+    /// Message id -> when it was delivered (for the delivery-to-ack latency) and the trace
+    /// context of its delivery (for the settle span).
+    delivered_at: HashMap<i64, (std::time::Instant, Option<String>)>,
     /// Metric labels of the destinations this connection sent to (its producer gauges).
     producing: std::collections::HashSet<String>,
     transactions: HashMap<String, Transaction>,
@@ -537,6 +538,17 @@ impl Session {
 
     /// Queues a write; its completion is handled in frame order.
     fn wait_for(&mut self, unit: Unit, then: Then, receipt: Option<String>) {
+        self.wait_for_traced(unit, then, receipt, None)
+    }
+
+    /// [`Session::wait_for`], ending `span` (a send span) when the unit has committed.
+    fn wait_for_traced(
+        &mut self,
+        unit: Unit,
+        then: Then,
+        receipt: Option<String>,
+        span: Option<crate::otel::OtelSpan>,
+    ) {
         let rx = self.engine.submit(self.conn, unit, receipt.is_some());
         let timed = matches!(then, Then::Send | Then::Commit(_));
         let metrics = self.engine.metrics().clone();
@@ -547,6 +559,13 @@ impl Session {
                 .unwrap_or_else(|_| Err(WriteError::Failed("the broker is shutting down".into())));
             if timed && result.is_ok() {
                 metrics.send_commit.observe(started.elapsed().as_secs_f64());
+            }
+            if let Some(mut span) = span {
+                use opentelemetry::trace::Span as _;
+                if result.is_err() {
+                    span.set_status(opentelemetry::trace::Status::error("not committed"));
+                }
+                span.end();
             }
             Completion {
                 result,
@@ -749,6 +768,19 @@ impl Session {
         {
             return Some(end);
         }
+        // A traced message: the broker's send span continues the producer's trace, and the
+        // message carries the broker's context from here on.
+        let mut send_span = None;
+        if let (Some(otel), Some(tp)) = (self.engine.otel(), req.message.traceparent.clone())
+            && let Some((span, ours)) = otel.send(
+                &req.destination.to_stomp(),
+                &tp,
+                req.message.tracestate.as_deref(),
+            )
+        {
+            req.message.traceparent = Some(ours);
+            send_span = Some(span);
+        }
         // A reply-to naming one of this connection's temporary queues is rewritten to its
         // global name, which whoever replies can send to (the queue is made now, so a reply
         // that comes at once is not lost).
@@ -849,13 +881,14 @@ impl Session {
             self.answer(receipt.as_deref());
             return None;
         }
-        self.wait_for(
+        self.wait_for_traced(
             Unit {
                 inserts: vec![row],
                 ..Default::default()
             },
             Then::Send,
             receipt,
+            send_span,
         );
         let hold_ms = self.engine.config().producer_flow_control_ms;
         if let Some(queue) = queue
@@ -1325,8 +1358,12 @@ impl Session {
                 .with_label_values(&[label.as_str()])
                 .inc_by(ids.len() as u64);
             for id in &ids {
-                if let Some(t) = self.delivered_at.remove(id) {
+                if let Some((t, trace)) = self.delivered_at.remove(id) {
                     m.delivery_to_ack.observe(t.elapsed().as_secs_f64());
+                    if let (Some(otel), Some(tp)) = (self.engine.otel(), trace) {
+                        let dest = format!("/{}/{}", queue.kind.as_str(), queue.name);
+                        otel.settle(&dest, &format!("ID:{id}"), &tp, is_ack);
+                    }
                 }
             }
         }
@@ -1645,13 +1682,25 @@ impl Session {
         if sub.consumer != d.consumer {
             return;
         }
-        let frame = message_frame(
+        let mut frame = message_frame(
             &d.message,
             &d.queue,
             &d.subscription,
             self.version != Version::V1_2,
         );
         let id = d.message.id.0;
+        let mut traced = None;
+        if let (Some(otel), Some(tp)) = (self.engine.otel(), d.message.traceparent.as_deref()) {
+            let dest = format!("/{}/{}", d.queue.kind.as_str(), d.queue.name);
+            let message_id = d.message.message_id().to_string();
+            if let Some(delivery) =
+                otel.deliver(&dest, &message_id, tp, d.message.tracestate.as_deref())
+            {
+                frame.headers.retain(|(k, _)| k != "traceparent");
+                frame.push_header("traceparent", delivery.clone());
+                traced = Some(delivery);
+            }
+        }
         let m = self.engine.metrics();
         let label = m.label(&format!("/{}/{}", d.queue.kind.as_str(), d.queue.name));
         m.delivered.with_label_values(&[label.as_str()]).inc();
@@ -1669,7 +1718,8 @@ impl Session {
             let _ = self.out.send(Out::AutoAck(frame, note));
         } else {
             self.delivered.insert(id, d.subscription.to_string());
-            self.delivered_at.insert(id, std::time::Instant::now());
+            self.delivered_at
+                .insert(id, (std::time::Instant::now(), traced));
             self.send_frame(frame);
         }
     }

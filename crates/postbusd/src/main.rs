@@ -44,6 +44,9 @@ struct Args {
     /// Directory of policy files (default with JWT authentication: ./policies).
     #[arg(long = "policies", value_name = "DIR")]
     policies_dir: Option<PathBuf>,
+    /// Export traces to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318). Off by default.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// TLS certificate chain (PEM): both listeners then speak TLS only.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -86,6 +89,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(p) = args.policies_dir {
         cfg.security.policies_dir = Some(p);
+    }
+    if let Some(u) = args.otlp_endpoint {
+        cfg.broker.otlp_endpoint = Some(u);
     }
     if let Some(c) = args.tls_cert {
         cfg.security.tls_cert = Some(c);
