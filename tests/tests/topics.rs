@@ -562,3 +562,69 @@ fn settle_nack_no_requeue(m: &Frame) -> Frame {
         .with_header("id", m.header("ack").unwrap())
         .with_header("requeue", "false")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_durable_subscription_stops_at_its_depth_limit_and_the_metric_shows_it() {
+    let b = TestBroker::start_with(postbus_broker::BrokerConfig {
+        subscription_max_depth: 5,
+        metrics_depth_interval_ms: 100,
+        ..postbus_tests::test_config()
+    })
+    .await;
+    let mut away = with_client_id(&b, "forgetful").await;
+    away.subscribe(
+        "/topic/lim.events",
+        "d",
+        "client-individual",
+        &[("durable-subscription-name", "old")],
+    )
+    .await
+    .unwrap();
+    away.disconnect().await.unwrap();
+    let mut live = b.client().await;
+    live.subscribe("/topic/lim.events", "l", "auto", &[])
+        .await
+        .unwrap();
+    let mut p = b.client().await;
+    publish_many(&mut p, "/topic/lim.events", 5).await;
+    // Once a sample has seen it full, it gets no more copies; the live subscriber gets all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_many(&mut p, "/topic/lim.events", 10).await;
+    assert_eq!(recv_bodies(&mut live, 15).await.len(), 15);
+    let depth = count(
+        &b,
+        "SELECT count(*) FROM postbus.messages m JOIN postbus.destinations d ON d.id = m.queue_id \
+         WHERE d.name = 'durable:forgetful:old'",
+    )
+    .await;
+    assert_eq!(depth, 5, "the forgotten subscription stopped at its limit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = reqwest::get(format!("{}/metrics", b.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("postbus_messages_discarded_total{destination=\"/subscription/durable:forgetful:old\"}"))
+        .unwrap_or_else(|| panic!("no discard series in {text}"));
+    assert!(line.ends_with(" 10"), "{line}");
+    assert!(text.contains(
+        "postbus_destination_messages{destination=\"/subscription/durable:forgetful:old\",state=\"ready\"} 5"
+    ));
+    // Drained, it takes copies again.
+    let mut back = with_client_id(&b, "forgetful").await;
+    back.subscribe(
+        "/topic/lim.events",
+        "d",
+        "auto",
+        &[("durable-subscription-name", "old")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(recv_bodies(&mut back, 5).await, ["0", "1", "2", "3", "4"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_many(&mut p, "/topic/lim.events", 1).await;
+    assert_eq!(recv_bodies(&mut back, 1).await, ["0"]);
+}

@@ -56,6 +56,9 @@ pub struct BrokerConfig {
     pub poll_interval_ms: u64,
     /// How long committed client transaction ids are remembered for COMMIT retries, ms.
     pub transaction_record_ms: i64,
+    /// Most messages a subscription holds (0: no limit): past it, new publications are not
+    /// copied to it (discarded for it, counted in postbus_messages_discarded_total).
+    pub subscription_max_depth: i64,
     /// OTLP/HTTP collector for traces (e.g. `http://127.0.0.1:4318`); None: no tracing.
     pub otlp_endpoint: Option<String>,
     /// Destinations with metric series of their own; the rest share `destination="_other"`.
@@ -107,6 +110,7 @@ impl Default for BrokerConfig {
             poll_interval_ms: 2_000,
             transaction_record_ms: 24 * 3600 * 1000,
             otlp_endpoint: None,
+            subscription_max_depth: 1_000_000,
             metrics_max_destinations: 200,
             metrics_depth_interval_ms: 10_000,
             max_selector_bytes: 4096,

@@ -427,6 +427,28 @@ impl Engine {
             .with_label_values(&["depth"])
             .observe(started.elapsed().as_secs_f64());
         let now = postbus_model::now_ms();
+        // What fan-out compares with subscriptions' depth limits.
+        let ids: Vec<i32> = stats.iter().map(|s| s.id).collect();
+        let depths: Vec<i64> = stats
+            .iter()
+            .map(|s| s.ready + s.in_flight + s.scheduled)
+            .collect();
+        if let Err(e) = self.0.store.record_sampled_depths(&ids, &depths).await {
+            tracing::warn!(error = %e, "recording sampled depths failed");
+        }
+        let names: HashMap<i32, String> = stats
+            .iter()
+            .map(|s| (s.id, format!("/{}/{}", s.kind, s.name)))
+            .collect();
+        for (id, n) in self.0.store.take_discards() {
+            let name = names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("subscription id {id}"));
+            m.discarded
+                .with_label_values(&[m.label(&name).as_str()])
+                .inc_by(n);
+        }
         // Label -> (ready, in flight, scheduled, oldest ready age).
         let mut by_label: HashMap<String, (i64, i64, i64, f64)> = HashMap::new();
         for s in stats {
@@ -629,9 +651,14 @@ impl Engine {
         mut spec: SubscriptionSpec,
     ) -> Result<Arc<QueueRuntime>, EngineError> {
         if !postbus_model::destination::is_pattern(&spec.topic_pattern) {
-            // Copies take the topic's settings (redelivery, dead-letter queue, expiry queue).
+            // Copies take the topic's settings (redelivery, dead-letter queue, expiry queue);
+            // the depth limit is the topic's if it has one, else the broker's.
             let topic = self.topic(&spec.topic_pattern).await?;
+            let limit = spec.settings.max_depth;
             spec.settings = topic.settings.clone();
+            if spec.settings.max_depth == 0 {
+                spec.settings.max_depth = limit;
+            }
         }
         if spec.settings.dead_letter_queue.is_none() {
             let base = if postbus_model::destination::is_pattern(&spec.topic_pattern) {

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub expired: IntCounterVec,
     pub dead_lettered: IntCounterVec,
     pub deduplicated: IntCounterVec,
+    pub discarded: IntCounterVec,
     pub depth: IntGaugeVec,
     pub oldest_ready_age: GaugeVec,
     pub consumers: IntGaugeVec,
@@ -139,6 +140,12 @@ impl Metrics {
                 &r,
                 "postbus_messages_deduplicated_total",
                 "Sends confirmed as duplicates of an accepted dedup id (not enqueued again).",
+                d,
+            ),
+            discarded: counter(
+                &r,
+                "postbus_messages_discarded_total",
+                "Copies of publications not made because the subscription was at its depth limit.",
                 d,
             ),
             depth: gauge_vec(

@@ -1146,7 +1146,10 @@ impl Session {
             client_id: client.map(str::to_owned),
             subscription_name: Some(subscription_name.to_owned()),
             node_id: (!durable).then(|| self.engine.node()),
-            settings: QueueSettings::default(),
+            settings: QueueSettings {
+                max_depth: self.engine.config().subscription_max_depth,
+                ..QueueSettings::default()
+            },
         })
     }
 

@@ -124,6 +124,8 @@ pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
                 dedup_window_ms: a.dedup_window_ms,
                 exclusive: a.exclusive,
                 audit_messages: a.audit_messages,
+                // Depth limits apply to subscriptions (broker.subscription_max_depth) for now.
+                max_depth: 0,
             };
             let (row, created) = store
                 .create_destination(DestinationKind::Queue, &a.name, &settings, false)

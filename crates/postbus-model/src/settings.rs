@@ -25,6 +25,8 @@ pub struct QueueSettings {
     /// Record every message sent to it and acknowledged from it in the audit log (ids, not
     /// bodies).
     pub audit_messages: bool,
+    /// Most messages it holds (0: no limit); a subscription at its limit gets no new copies.
+    pub max_depth: i64,
 }
 
 impl Default for QueueSettings {
@@ -39,6 +41,7 @@ impl Default for QueueSettings {
             dedup_window_ms: 24 * 3600 * 1000,
             exclusive: false,
             audit_messages: false,
+            max_depth: 0,
         }
     }
 }

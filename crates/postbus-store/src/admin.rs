@@ -45,6 +45,7 @@ pub(crate) fn row_to_destination(r: &Row) -> Result<DestinationRow, StoreError> 
             dedup_window_ms: r.get(9),
             exclusive: r.get(10),
             audit_messages: r.get(12),
+            max_depth: r.get(13),
         },
         auto_created: r.get(11),
     })
@@ -94,6 +95,7 @@ impl Store {
                     &s.exclusive,
                     &auto_created,
                     &s.audit_messages,
+                    &s.max_depth,
                 ],
             )
             .await?

@@ -224,11 +224,12 @@ impl Store {
     ) -> Result<Attempt, StoreError> {
         let client = self.client().await?;
         match self.run_batch(&client, batch, excluded).await {
-            Ok(Step::Commit(outcomes, xid)) => {
+            Ok(Step::Commit(outcomes, xid, discarded)) => {
                 if let Err(e) = client.batch_execute("COMMIT").await {
                     // Committed after all (learned from pg_xact_status) falls through.
                     self.resolve_commit_failure(e, &xid).await?;
                 }
+                self.count_discards(&discarded);
                 Ok(Attempt::Done(outcomes))
             }
             Ok(Step::Rollback(excluded_now)) => {
@@ -498,7 +499,8 @@ impl Store {
                 client.execute(queries::NOTIFY, &[&chunk.join(",")]).await?;
             }
         }
-        Ok(Step::Commit(outcomes, xid))
+        let discarded = copies.map(|c| c.copies.discarded).unwrap_or_default();
+        Ok(Step::Commit(outcomes, xid, discarded))
     }
 
     /// The connection broke during COMMIT: ask PostgreSQL on a fresh connection whether the
@@ -599,7 +601,9 @@ enum Attempt {
 
 /// How an open batch transaction ends.
 enum Step {
-    Commit(Vec<UnitOutcome>, String),
+    /// The outcomes, the transaction id, and the subscriptions that were at their depth limit
+    /// (one entry per discarded copy).
+    Commit(Vec<UnitOutcome>, String, Vec<i32>),
     Rollback(Vec<(usize, UnitOutcome)>),
 }
 
@@ -776,6 +780,7 @@ impl Store {
                 topic: r.get(0),
                 subscription: r.get(1),
                 selector: r.get(2),
+                full: r.get(3),
             })
             .collect();
         let list: Vec<(usize, &str, &'a NewMessage, i64)> = publishes
@@ -949,6 +954,7 @@ impl Store {
         insert_copies(client, &indexed, &ids, &fanned).await?;
         let stmt = client.prepare_cached(queries::DELETE_PUBLICATIONS).await?;
         client.execute(&stmt, &[&ids]).await?;
+        self.count_discards(&fanned.copies.discarded);
         let subs: Vec<String> = fanned
             .copies
             .subscriptions

@@ -136,6 +136,8 @@ pub(crate) struct Candidate {
     pub topic: String,
     pub subscription: i32,
     pub selector: Option<String>,
+    /// At its depth limit: gets no copy (the copy is discarded and counted).
+    pub full: bool,
 }
 
 /// The copies of one batch's publishes.
@@ -146,6 +148,8 @@ pub(crate) struct Copies<'a> {
     pub payloads: Vec<(i64, &'a [u8])>,
     /// Every subscription that got a copy.
     pub subscriptions: BTreeSet<i32>,
+    /// Copies not made because their subscription was at its depth limit.
+    pub discarded: Vec<i32>,
 }
 
 /// Decides which subscriptions get a copy of each publish. `publishes` are (index, topic,
@@ -163,6 +167,7 @@ pub(crate) fn decide<'a>(
         copies: Vec::new(),
         payloads: Vec::new(),
         subscriptions: BTreeSet::new(),
+        discarded: Vec::new(),
     };
     for &(k, topic, message, publish_id) in publishes {
         let view = SelectorView::of_new(message, publish_id);
@@ -172,7 +177,9 @@ pub(crate) fn decide<'a>(
                 None => true,
                 Some(s) => cache.accepts(s, &view),
             };
-            if accepted {
+            if accepted && c.full {
+                out.discarded.push(c.subscription);
+            } else if accepted {
                 out.copies.push((k, c.subscription));
                 out.subscriptions.insert(c.subscription);
                 n += 1;

@@ -65,6 +65,9 @@ pub struct Store {
     config: tokio_postgres::Config,
     /// Subscription selectors, parsed once, for topic fan-out.
     selectors: std::sync::Arc<fanout::SelectorCache>,
+    /// Copies discarded because their subscription was at its depth limit, by subscription
+    /// id, since the last [`Store::take_discards`].
+    discards: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<i32, u64>>>,
 }
 
 impl Store {
@@ -115,7 +118,42 @@ impl Store {
             pool,
             config: pg,
             selectors: Default::default(),
+            discards: Default::default(),
         })
+    }
+
+    /// Counts copies discarded at a subscription's depth limit.
+    pub(crate) fn count_discards(&self, subscriptions: &[i32]) {
+        if subscriptions.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            copies = subscriptions.len(),
+            "copies discarded at subscription depth limits"
+        );
+        let mut d = self.discards.lock().unwrap_or_else(|p| p.into_inner());
+        for s in subscriptions {
+            *d.entry(*s).or_default() += 1;
+        }
+    }
+
+    /// The copies discarded at depth limits since the last call, by subscription id.
+    pub fn take_discards(&self) -> std::collections::HashMap<i32, u64> {
+        std::mem::take(&mut *self.discards.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Records the sampled depths of destinations that have a depth limit (what fan-out
+    /// compares with the limit).
+    pub async fn record_sampled_depths(
+        &self,
+        ids: &[i32],
+        depths: &[i64],
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(queries::RECORD_SAMPLED_DEPTHS, &[&ids, &depths])
+            .await?;
+        Ok(())
     }
 
     /// The connection pool now: (size limit, connections open, idle, tasks waiting).

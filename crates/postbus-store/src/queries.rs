@@ -271,12 +271,12 @@ pub const DEREGISTER_NODE: &str = "WITH gone AS (DELETE FROM postbus.nodes WHERE
 
 pub const DESTINATION_COLUMNS: &str = "id, kind, name, max_deliveries, redelivery_delay_ms, redelivery_backoff, \
      redelivery_max_delay_ms, dead_letter_queue, expiry_queue, dedup_window_ms, exclusive, auto_created, \
-     audit_messages";
+     audit_messages, max_depth";
 
 pub const INSERT_DESTINATION: &str = "INSERT INTO postbus.destinations (kind, name, max_deliveries, \
         redelivery_delay_ms, redelivery_backoff, redelivery_max_delay_ms, dead_letter_queue, expiry_queue, \
-        dedup_window_ms, exclusive, auto_created, audit_messages) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (kind, name) DO NOTHING";
+        dedup_window_ms, exclusive, auto_created, audit_messages, max_depth) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (kind, name) DO NOTHING";
 
 /// Per-destination depth by state, and the oldest ready message's JMSTimestamp (the one at
 /// the head of the queue: the lowest id of each priority). Ready counts are index-only scans
@@ -312,7 +312,8 @@ pub const DELETE_DESTINATION: &str = "DELETE FROM postbus.destinations WHERE id 
 /// The subscriptions whose pattern matches each topic name in `$1` (see schema V3), locked
 /// so none is deleted before this publish commits; one being deleted (locked FOR UPDATE) is
 /// skipped.
-pub const MATCHING_SUBSCRIPTIONS: &str = "SELECT t.name, s.id, s.selector \
+pub const MATCHING_SUBSCRIPTIONS: &str = "SELECT t.name, s.id, s.selector, \
+        (s.max_depth > 0 AND s.sampled_depth >= s.max_depth) AS full \
      FROM unnest($1::text[]) AS t(name) \
      JOIN postbus.destinations s ON s.kind = 'subscription' AND t.name ~ s.topic_regex \
      FOR KEY SHARE OF s SKIP LOCKED";
@@ -348,8 +349,8 @@ pub const SUBSCRIPTION_COLUMNS: &str =
 pub const INSERT_SUBSCRIPTION: &str = "INSERT INTO postbus.destinations (kind, name, max_deliveries, \
         redelivery_delay_ms, redelivery_backoff, redelivery_max_delay_ms, dead_letter_queue, expiry_queue, \
         dedup_window_ms, exclusive, auto_created, topic_pattern, topic_regex, selector, durable, shared, \
-        client_id, subscription_name, node_id) \
-     VALUES ('subscription', $1, $2, $3, $4, $5, $6, $7, $8, false, true, $9, $10, $11, $12, $13, $14, $15, $16) \
+        client_id, subscription_name, node_id, max_depth) \
+     VALUES ('subscription', $1, $2, $3, $4, $5, $6, $7, $8, false, true, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
      ON CONFLICT (kind, name) DO NOTHING";
 
 /// Locks a destination row before its deletion: waits for publishes copying to it (they hold
@@ -489,3 +490,8 @@ pub const AUDIT_SEQ_SINCE: &str = "SELECT coalesce(min(seq), (SELECT seq + 1 FRO
      FROM postbus.audit_log WHERE at_us >= (extract(epoch FROM $1::text::timestamptz) * 1000000)::bigint";
 
 pub const AUDIT_HEAD: &str = "SELECT seq, hash FROM postbus.audit_head";
+
+/// Records sampled depths of destinations that have a depth limit: `$1` ids, `$2` depths.
+pub const RECORD_SAMPLED_DEPTHS: &str = "UPDATE postbus.destinations d SET sampled_depth = u.depth \
+     FROM unnest($1::int[], $2::bigint[]) AS u(id, depth) \
+     WHERE d.id = u.id AND d.max_depth > 0 AND d.sampled_depth <> u.depth";

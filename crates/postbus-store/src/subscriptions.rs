@@ -40,16 +40,16 @@ pub struct SubscriptionRow {
 }
 
 fn row_to_subscription(r: &Row) -> Result<SubscriptionRow, StoreError> {
-    // Destination columns first (13 of them), then SUBSCRIPTION_COLUMNS.
+    // Destination columns first (14 of them), then SUBSCRIPTION_COLUMNS.
     Ok(SubscriptionRow {
         destination: row_to_destination(r)?,
-        topic_pattern: r.get(13),
-        selector: r.get(14),
-        durable: r.get(15),
-        shared: r.get(16),
-        client_id: r.get(17),
-        subscription_name: r.get(18),
-        node_id: r.get(19),
+        topic_pattern: r.get(14),
+        selector: r.get(15),
+        durable: r.get(16),
+        shared: r.get(17),
+        client_id: r.get(18),
+        subscription_name: r.get(19),
+        node_id: r.get(20),
     })
 }
 
@@ -97,6 +97,7 @@ impl Store {
                         &spec.client_id,
                         &spec.subscription_name,
                         &node_id,
+                        &s.max_depth,
                     ],
                 )
                 .await?
