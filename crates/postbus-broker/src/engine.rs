@@ -130,15 +130,24 @@ impl CommitObserver for WakeOnCommit {
                 continue;
             };
             for (row, result) in unit.inserts.iter().zip(inserted) {
-                let label = match &row.topic {
-                    Some(t) => m.label(&format!("/topic/{t}")),
-                    None => engine.metric_label(row.queue_id),
+                let runtime = match &row.topic {
+                    Some(_) => None,
+                    None => engine.lock_queues().by_id.get(&row.queue_id).cloned(),
                 };
-                match result {
-                    InsertOutcome::Stored(_) => {
+                match (result, runtime) {
+                    (InsertOutcome::Stored(_), Some(q)) => q.counters.enqueued.inc(),
+                    (InsertOutcome::Stored(_), None) => {
+                        let label = match &row.topic {
+                            Some(t) => m.label(&format!("/topic/{t}")),
+                            None => engine.metric_label(row.queue_id),
+                        };
                         m.enqueued.with_label_values(&[label.as_str()]).inc()
                     }
-                    InsertOutcome::Duplicate(_) => {
+                    (InsertOutcome::Duplicate(_), _) => {
+                        let label = match &row.topic {
+                            Some(t) => m.label(&format!("/topic/{t}")),
+                            None => engine.metric_label(row.queue_id),
+                        };
                         m.deduplicated.with_label_values(&[label.as_str()]).inc()
                     }
                 }
@@ -808,6 +817,9 @@ impl Engine {
                     row.name.clone(),
                     row.settings.clone(),
                     self.0.config.dispatch_buffer(),
+                    self.0
+                        .metrics
+                        .counters(&format!("/{}/{}", row.kind.as_str(), row.name)),
                 ))
             })
             .clone()

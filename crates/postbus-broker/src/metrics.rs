@@ -24,6 +24,17 @@ const LATENCY: &[f64] = &[
     60.0,
 ];
 
+/// One destination's hot-path counters, looked up once (no label lookup per message).
+#[derive(Clone)]
+pub struct DestinationCounters {
+    pub label: String,
+    pub enqueued: IntCounter,
+    pub delivered: IntCounter,
+    pub redelivered: IntCounter,
+    pub acked: IntCounter,
+    pub nacked: IntCounter,
+}
+
 pub struct Metrics {
     registry: Registry,
     labels: Mutex<HashMap<String, String>>,
@@ -310,6 +321,20 @@ impl Metrics {
         };
         labels.insert(destination.to_owned(), l.clone());
         l
+    }
+
+    /// The counters of a destination (`/queue/NAME`...), for a runtime to keep.
+    pub fn counters(&self, destination: &str) -> DestinationCounters {
+        let label = self.label(destination);
+        let l = [label.as_str()];
+        DestinationCounters {
+            enqueued: self.enqueued.with_label_values(&l),
+            delivered: self.delivered.with_label_values(&l),
+            redelivered: self.redelivered.with_label_values(&l),
+            acked: self.acked.with_label_values(&l),
+            nacked: self.nacked.with_label_values(&l),
+            label,
+        }
     }
 
     /// The text exposition of every metric.

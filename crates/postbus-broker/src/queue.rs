@@ -226,6 +226,8 @@ pub struct QueueRuntime {
     pub kind: DestinationKind,
     pub name: String,
     pub settings: QueueSettings,
+    /// This destination's metric counters.
+    pub counters: crate::metrics::DestinationCounters,
     buffer: DispatchBuffer,
     state: Mutex<QueueState>,
     wake: Notify,
@@ -248,12 +250,14 @@ impl QueueRuntime {
         name: String,
         settings: QueueSettings,
         buffer: DispatchBuffer,
+        counters: crate::metrics::DestinationCounters,
     ) -> Self {
         QueueRuntime {
             id,
             kind,
             name,
             settings,
+            counters,
             buffer,
             state: Mutex::new(QueueState {
                 grouped_waiting: true,

@@ -1355,11 +1355,12 @@ impl Session {
         let ids: Vec<i64> = covered.iter().map(|f| f.id).collect();
         {
             let m = self.engine.metrics();
-            let label = m.label(&format!("/{}/{}", queue.kind.as_str(), queue.name));
-            let counter = if is_ack { &m.acked } else { &m.nacked };
-            counter
-                .with_label_values(&[label.as_str()])
-                .inc_by(ids.len() as u64);
+            let counter = if is_ack {
+                &queue.counters.acked
+            } else {
+                &queue.counters.nacked
+            };
+            counter.inc_by(ids.len() as u64);
             for id in &ids {
                 if let Some((t, trace)) = self.delivered_at.remove(id) {
                     m.delivery_to_ack.observe(t.elapsed().as_secs_f64());
@@ -1705,10 +1706,9 @@ impl Session {
             }
         }
         let m = self.engine.metrics();
-        let label = m.label(&format!("/{}/{}", d.queue.kind.as_str(), d.queue.name));
-        m.delivered.with_label_values(&[label.as_str()]).inc();
+        d.queue.counters.delivered.inc();
         if d.message.delivery_count > 0 {
-            m.redelivered.with_label_values(&[label.as_str()]).inc();
+            d.queue.counters.redelivered.inc();
         }
         m.enqueue_to_delivery
             .observe((postbus_model::now_ms() - d.message.sent_at).max(0) as f64 / 1000.0);
@@ -1737,13 +1737,7 @@ impl Session {
             return;
         }
         let audit = self.ack_audit(&note.queue, &[note.id]);
-        let m = self.engine.metrics();
-        let label = m.label(&format!(
-            "/{}/{}",
-            note.queue.kind.as_str(),
-            note.queue.name
-        ));
-        m.acked.with_label_values(&[label.as_str()]).inc();
+        note.queue.counters.acked.inc();
         let then = Then::Settle(vec![(note.queue, note.consumer, vec![note.id])]);
         self.wait_for(
             Unit {
