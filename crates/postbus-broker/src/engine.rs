@@ -746,6 +746,13 @@ impl Engine {
     }
 
     /// Stops a subscription's or temporary queue's dispatcher and forgets its runtime.
+    /// Forgets a deleted queue: its runtime closes (its consumers get no more messages) and
+    /// the next use of its name creates or finds it anew.
+    pub fn forget_queue(&self, id: i32) {
+        self.lock_queues().by_name.retain(|_, q| q.id != id);
+        self.forget_runtime(id);
+    }
+
     fn forget_runtime(&self, id: i32) {
         let mut queues = self.lock_queues();
         if let Some(q) = queues.by_id.remove(&id) {

@@ -90,6 +90,7 @@ pub fn router(engine: Engine) -> Router {
         )
         .route("/v1/receipts/{receipt}/ack", post(ack))
         .route("/v1/receipts/{receipt}/nack", post(nack))
+        .merge(crate::admin::routes())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(engine)
 }

@@ -2,6 +2,7 @@
 //! consumers, and the STOMP 1.2 server that clients talk to.
 //!
 //! Map (see docs/ARCHITECTURE.md for one message's journey):
+//! - [`admin`]: the HTTP admin API (destinations, policy check, audit), with its OpenAPI description.
 //! - [`config`]: every limit and timing the broker takes, with defaults.
 //! - [`engine`]: the shared broker state: destinations, queue runtimes, node lease, background jobs.
 //! - [`queue`]: one queue's consumers, credit, message groups and in-flight bookkeeping.
@@ -17,6 +18,7 @@
 //! - [`tls`]: TLS for the listeners (rustls), client certificates, reload.
 //! - [`server`]: the TCP listener and connection limits.
 
+pub mod admin;
 pub mod config;
 pub mod engine;
 pub mod http;
