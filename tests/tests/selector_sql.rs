@@ -887,6 +887,7 @@ async fn random_selectors_are_supersets() {
     let (mut eval_rows, mut sql_rows, mut pushed, mut filtering) = (0usize, 0usize, 0usize, 0);
     let mut report = String::new();
     let mut unparsed_examples = Vec::new();
+    let (mut exact_checked, mut exact_violations) = (0usize, 0usize);
     while parsed < count {
         let text = gen_condition(&mut r, 3);
         let sel = match Selector::parse(&text) {
@@ -925,6 +926,26 @@ async fn random_selectors_are_supersets() {
                 if ids != &all {
                     filtering += 1;
                 }
+                // An exact translation (what the SQL API runs) selects exactly what the
+                // evaluator accepts.
+                if let Some(exact) = sel.to_exact_sql(&SelTable, 1) {
+                    assert_eq!(exact, o.filter);
+                    exact_checked += 1;
+                    if ids != &o.eval {
+                        exact_violations += 1;
+                        if exact_violations <= 10 {
+                            let _ = writeln!(
+                                report,
+                                "EXACTNESS VIOLATION\n  selector: {text}\n  sql:      {}\n  params:   {:?}\n  \
+                                 SQL only: {:?}\n  evaluator only: {:?}\n",
+                                o.filter.sql,
+                                o.filter.params,
+                                ids.difference(&o.eval).collect::<Vec<_>>(),
+                                o.eval.difference(ids).collect::<Vec<_>>()
+                            );
+                        }
+                    }
+                }
                 for id in o.eval.difference(ids) {
                     violations += 1;
                     if violations <= 10 {
@@ -940,15 +961,21 @@ async fn random_selectors_are_supersets() {
         "seed {seed:#x}: {parsed} selectors ({unparsed} generated texts did not parse) x {} messages \
          in {elapsed:.2?}; {pushed} pushed something down, {filtering} filtered out rows; \
          evaluator matches {eval_rows}, SQL rows {sql_rows}; SQL errors {sql_errors}, \
-         superset violations {violations}",
+         superset violations {violations}; {exact_checked} exact translations, \
+         {exact_violations} exactness violations",
         msgs.len()
     );
     if !unparsed_examples.is_empty() {
         println!("examples of generated texts that did not parse: {unparsed_examples:#?}");
     }
     assert!(
-        sql_errors == 0 && violations == 0,
-        "{report}{sql_errors} SQL errors, {violations} superset violations (seed {seed:#x})"
+        sql_errors == 0 && violations == 0 && exact_violations == 0,
+        "{report}{sql_errors} SQL errors, {violations} superset violations, \
+         {exact_violations} exactness violations (seed {seed:#x})"
+    );
+    assert!(
+        exact_checked > count / 10,
+        "too few exact translations to check"
     );
     // The run must not be vacuous.
     assert!(

@@ -220,6 +220,23 @@ impl Selector {
         sql::translate(&self.expr, mapping, first_param).0
     }
 
+    /// The SQL translation when it is *exact*: TRUE for exactly the messages the evaluator
+    /// accepts (every leaf was translated with its exact meaning, or is the same for every
+    /// message). None when some leaf is only approximated (widened numeric bounds) or left
+    /// to the evaluator: then only the broker can decide.
+    pub fn to_exact_sql(&self, mapping: &dyn SqlMapping, first_param: usize) -> Option<SqlFilter> {
+        let (filter, notes) = sql::translate(&self.expr, mapping, first_param);
+        notes
+            .iter()
+            .all(|n| {
+                matches!(
+                    n.status,
+                    sql::PushStatus::Pushed | sql::PushStatus::Constant
+                )
+            })
+            .then_some(filter)
+    }
+
     /// Property names referenced, sorted and without duplicates.
     pub fn properties(&self) -> Vec<String> {
         self.names(|k| k == IdentKind::Property)

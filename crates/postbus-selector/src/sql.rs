@@ -284,6 +284,8 @@ enum ValCond {
     StrLike(bool, String),
     BoolIs(bool),
     Num(NumCond),
+    /// A stored non-finite number (`{"nonfinite": "NaN"|"inf"|"-inf"}`) of one of these kinds.
+    NonFinite(Vec<&'static str>),
 }
 
 /// A condition for one class of value: constant or value-dependent.
@@ -684,10 +686,40 @@ impl Gen<'_> {
                     status = PushStatus::Widened;
                 }
                 cl.n = cond;
-                // NaN and infinities: no finite literal equals them, and
-                // NaN <> x is TRUE (so NOT (NaN <> x) is FALSE); every other
-                // comparison may hold.
-                cl.other = if eff == CmpOp::Eq { C::F } else { C::T };
+                // Stored NaN and infinities against a finite constant: decided
+                // here exactly as Java compares them (NaN compares false except
+                // with <>), then negated as the selector says.
+                cl.other = match num_as_f64(num) {
+                    Some(c) if c.is_finite() => {
+                        let kinds: Vec<&'static str> = [
+                            ("NaN", f64::NAN),
+                            ("inf", f64::INFINITY),
+                            ("-inf", f64::NEG_INFINITY),
+                        ]
+                        .into_iter()
+                        .filter(|(_, v)| java_compare(op, *v, c) != negated)
+                        .map(|(k, _)| k)
+                        .collect();
+                        match kinds.len() {
+                            0 => C::F,
+                            3 => C::T,
+                            _ => C::V(ValCond::NonFinite(kinds)),
+                        }
+                    }
+                    _ => C::T,
+                };
+                // PostgreSQL orders a float8 NaN above every number, unlike Java: a
+                // double column's translation is only a superset.
+                if matches!(
+                    &reference,
+                    Ref::Column {
+                        ty: SqlType::Double,
+                        ..
+                    }
+                ) && status == PushStatus::Pushed
+                {
+                    status = PushStatus::Widened;
+                }
             }
         }
         let sql = match reference {
@@ -766,10 +798,24 @@ impl Gen<'_> {
         // General form. CASE guarantees the casts only see values of the
         // right JSON type (AND gives no evaluation-order guarantee). ELSE
         // covers absent keys (typeof is NULL) and null/object/array.
-        let else_sql = if o.is_t() {
-            self.presence(key)
-        } else {
-            Frag::default().t("FALSE")
+        let else_sql = match o {
+            C::T => self.presence(key),
+            C::F => Frag::default().t("FALSE"),
+            C::V(ValCond::NonFinite(kinds)) => {
+                // Absent keys give NULL here: not TRUE, as required.
+                let mut f = Frag::default()
+                    .t("((")
+                    .f(&self.key_frag(key, " -> "))
+                    .t(") ->> 'nonfinite') IN (");
+                for (i, k) in kinds.iter().enumerate() {
+                    if i > 0 {
+                        f = f.t(", ");
+                    }
+                    f = f.t("'").t(k).t("'");
+                }
+                f.t(")")
+            }
+            C::V(_) => Frag::default().t("FALSE"),
         };
         let mut f = Frag::default().t("(CASE ").f(&typeof_);
         let branches = [
@@ -828,7 +874,12 @@ fn column(expr: &str, ty: SqlType, cl: Classes) -> Sql {
     };
     // PostgreSQL orders NaN above every number and equal to itself, unlike
     // Java; where a non-finite value may match, let NaN through.
-    if ty == SqlType::Double && cl.other.is_t() {
+    let nan_may_match = match &cl.other {
+        C::T => true,
+        C::V(ValCond::NonFinite(kinds)) => kinds.contains(&"NaN"),
+        _ => false,
+    };
+    if ty == SqlType::Double && nan_may_match {
         or(vec![
             base,
             Sql::Frag(Frag::default().t("(").f(&value).t(" = 'NaN'::float8)")),
@@ -879,6 +930,8 @@ fn render_val(cond: &ValCond, v: &Frag, cast: NumCast) -> Frag {
             .p(p, "::text")
             .t(" ESCAPE E'\\\\')"),
         ValCond::BoolIs(b) => base.t(if *b { " = TRUE)" } else { " = FALSE)" }),
+        // Only the ELSE branch of a JSON CASE tests these (see `json`).
+        ValCond::NonFinite(_) => Frag::default().t("FALSE"),
         ValCond::Num(NumCond::Cmp(op, bound)) => base
             .t(" ")
             .t(op.symbol())
@@ -907,13 +960,36 @@ fn render_val(cond: &ValCond, v: &Frag, cast: NumCast) -> Frag {
     }
 }
 
+/// A numeric constant as a double (None for non-numbers).
+fn num_as_f64(c: &V<'_>) -> Option<f64> {
+    match *c {
+        V::Int(x) => Some(f64::from(x)),
+        V::Long(x) => Some(x as f64),
+        V::Double(x) => Some(x),
+        V::Float(x) => Some(f64::from(x)),
+        _ => None,
+    }
+}
+
+/// `v op c` as Java compares doubles (every comparison with NaN is false but `<>`).
+fn java_compare(op: CmpOp, v: f64, c: f64) -> bool {
+    match op {
+        CmpOp::Eq => v == c,
+        CmpOp::Ne => v != c,
+        CmpOp::Lt => v < c,
+        CmpOp::Le => v <= c,
+        CmpOp::Gt => v > c,
+        CmpOp::Ge => v >= c,
+    }
+}
+
 /// The condition on a finite numeric value for `v op c`, and whether the
 /// bound had to be widened (see "Numeric precision" in the module docs).
 fn num_cond(op: CmpOp, c: &V<'_>, nums: NumTypes) -> (C, bool) {
     let Some(text) = decimal(c) else {
         // A non-finite constant (only from constant arithmetic such as
-        // `1e308 * 10`): not worth being clever about.
-        return (C::T, false);
+        // `1e308 * 10`): not worth being clever about, and so not exact.
+        return (C::T, true);
     };
     const F23: f64 = 8_388_608.0; // 2^23
     const F52: f64 = 4_503_599_627_370_496.0; // 2^52
@@ -931,7 +1007,7 @@ fn num_cond(op: CmpOp, c: &V<'_>, nums: NumTypes) -> (C, bool) {
             let m = f64::from(x).abs();
             (m, (nums.int || nums.long) && m >= F23)
         }
-        _ => return (C::T, false),
+        _ => return (C::T, true),
     };
     if !lossy {
         return (C::V(ValCond::Num(NumCond::Cmp(op, text))), false);

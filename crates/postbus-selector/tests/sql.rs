@@ -50,7 +50,7 @@ fn banking_example() {
         "((jsonb_typeof(m.properties -> $3::text) = 'string' AND ((m.properties ->> $3::text) IN ($4::text, $5::text))) \
          AND (CASE jsonb_typeof(m.properties -> $6::text) WHEN 'string' THEN FALSE \
          WHEN 'number' THEN ((m.properties ->> $6::text)::numeric > $7::text::numeric) \
-         WHEN 'boolean' THEN FALSE ELSE (m.properties ? $6::text) END) \
+         WHEN 'boolean' THEN FALSE ELSE ((m.properties -> $6::text) ->> 'nonfinite') IN ('inf') END) \
          AND (jsonb_typeof(m.properties -> $8::text) = 'string' AND ((m.properties ->> $8::text) LIKE $9::text ESCAPE E'\\\\')))"
     );
     assert_eq!(
