@@ -38,6 +38,17 @@ CREATE INDEX messages_groups_held ON postbus.messages (queue_id, group_id)
 CREATE INDEX messages_publications ON postbus.messages (queue_id, id)
     WHERE topic IS NOT NULL AND publish_id IS NULL;
 
+-- JMS selectors SQL receivers may use: exact SQL translations, registered by
+-- `postbus selector register` (the translator is the broker's; a selector whose SQL would only
+-- approximate it is refused there). `condition` is a condition on the message alias `c` whose
+-- parameters are `$1[1]`, `$1[2]`... of `params`; only postbus writes this table.
+CREATE TABLE postbus.selectors (
+    selector      text PRIMARY KEY,
+    condition     text   NOT NULL,
+    params        text[] NOT NULL,
+    registered_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- Epoch milliseconds on the database's clock (the statement's time, not the transaction's).
 CREATE FUNCTION postbus.now_ms() RETURNS bigint LANGUAGE sql VOLATILE
 AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
@@ -363,7 +374,8 @@ $$;
 CREATE FUNCTION postbus.receive(
     destination  text,
     max_messages integer DEFAULT 1,
-    lease_ms     integer DEFAULT 30000)
+    lease_ms     integer DEFAULT 30000,
+    selector     text    DEFAULT NULL)
 RETURNS TABLE (
     message_id     text,
     receipt        text,
@@ -398,6 +410,8 @@ DECLARE
     taken integer := 0;
     holder bigint;
     may_group boolean := false;
+    sel_condition text;
+    sel_params text[];
 BEGIN
     IF receive.max_messages IS NULL OR receive.max_messages NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'postbus: max_messages % is not between 1 and 10000', receive.max_messages
@@ -418,6 +432,15 @@ BEGIN
         RAISE EXCEPTION 'postbus: receive from a subscription of the topic, not from % itself', receive.destination
             USING ERRCODE = '22023', HINT = 'e.g. postbus.receive(''/subscription/durable:CLIENTID:NAME'')';
     END IF;
+    IF receive.selector IS NOT NULL THEN
+        SELECT s.condition, s.params INTO sel_condition, sel_params
+        FROM postbus.selectors s WHERE s.selector = receive.selector;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'postbus: selector % is not registered', quote_literal(receive.selector)
+                USING ERRCODE = '42704',
+                      HINT = 'an operator registers it once: postbus selector register ''...'' (selectors SQL cannot decide exactly are refused there; the HTTP API takes any selector)';
+        END IF;
+    END IF;
     PERFORM postbus.expire_leases(d.id);
     -- An exclusive queue a broker serves has one consumer already.
     IF d.exclusive AND EXISTS (SELECT 1 FROM postbus.queue_leases l JOIN postbus.nodes n ON n.id = l.node_id
@@ -427,14 +450,27 @@ BEGIN
 
     lease := postbus.open_lease(d.id, receive.lease_ms);
 
-    UPDATE postbus.messages m SET owner = lease
-    WHERE m.id = ANY(ARRAY(
-        SELECT c.id FROM postbus.messages c
-        WHERE c.queue_id = d.id AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NULL
-          AND (c.expires_at = 0 OR c.expires_at > now_ms)
-        ORDER BY c.priority DESC, c.id
-        LIMIT receive.max_messages
-        FOR UPDATE SKIP LOCKED));
+    IF sel_condition IS NULL THEN
+        UPDATE postbus.messages m SET owner = lease
+        WHERE m.id = ANY(ARRAY(
+            SELECT c.id FROM postbus.messages c
+            WHERE c.queue_id = d.id AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NULL
+              AND (c.expires_at = 0 OR c.expires_at > now_ms)
+            ORDER BY c.priority DESC, c.id
+            LIMIT receive.max_messages
+            FOR UPDATE SKIP LOCKED));
+    ELSE
+        -- The registered translation selects exactly what the selector accepts; only
+        -- ungrouped messages, as for the broker's selective consumers.
+        EXECUTE format(
+            'UPDATE postbus.messages m SET owner = %s WHERE m.id = ANY(ARRAY('
+            'SELECT c.id FROM postbus.messages c '
+            'WHERE c.queue_id = %s AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NULL '
+            'AND (c.expires_at = 0 OR c.expires_at > %s) AND (%s) '
+            'ORDER BY c.priority DESC, c.id LIMIT %s FOR UPDATE SKIP LOCKED))',
+            lease, d.id, now_ms, sel_condition, receive.max_messages)
+        USING sel_params;
+    END IF;
     GET DIAGNOSTICS taken = ROW_COUNT;
 
     -- Grouped messages: only under the queue's 'groups' lease, which a broker dispatching the
@@ -442,7 +478,7 @@ BEGIN
     -- once no SQL lease on the queue is left), claim grouped messages one transaction at a
     -- time (the row lock; others skip grouped messages meanwhile), and skip every group with
     -- a message in flight or waiting, so none overtakes.
-    IF taken < receive.max_messages AND EXISTS (
+    IF sel_condition IS NULL AND taken < receive.max_messages AND EXISTS (
         SELECT 1 FROM postbus.messages c
         WHERE c.queue_id = d.id AND c.owner IS NULL AND c.ready_at IS NULL AND c.group_id IS NOT NULL) THEN
         SELECT l.node_id INTO holder FROM postbus.queue_leases l
@@ -628,7 +664,7 @@ BEGIN
     GRANT USAGE ON SCHEMA postbus TO postbus_app;
     GRANT EXECUTE ON FUNCTION postbus.send(text, bytea, jsonb, text, text, bigint, integer, text, integer,
         text, text, text, bigint, boolean, jsonb, text, text) TO postbus_app;
-    GRANT EXECUTE ON FUNCTION postbus.receive(text, integer, integer) TO postbus_app;
+    GRANT EXECUTE ON FUNCTION postbus.receive(text, integer, integer, text) TO postbus_app;
     GRANT EXECUTE ON FUNCTION postbus.ack(text) TO postbus_app;
     GRANT EXECUTE ON FUNCTION postbus.nack(text, text) TO postbus_app;
 END $$;

@@ -530,3 +530,88 @@ async fn a_nack_after_many_deliveries_with_backoff_does_not_overflow() {
     .await;
     assert!((50..=61).contains(&wait), "{wait}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_receivers_filter_with_registered_selectors_exactly() {
+    let b = TestBroker::start().await;
+    let a = app(&b.url).await;
+    for (i, (currency, amount, region)) in [
+        ("EUR", "20000", "EU-West"),
+        ("USD", "500", "EU-North"),
+        ("GBP", "50000", "EU-West"),
+        ("USD", "15000", "US-East"),
+        ("EUR", "12000.5", "EU-South"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        one(
+            &a,
+            &format!(
+                "SELECT postbus.send('sql.sel', 'p{i}', '{{\"currency\": \"{currency}\", \"amount\": {amount}, \"region\": \"{region}\"}}')"
+            ),
+        )
+        .await;
+    }
+    let selector = "currency IN ('EUR','USD') AND amount > 10000 AND region LIKE 'EU-%'";
+    // Not registered yet: refused with what to do.
+    let e = error_of(
+        &a,
+        &format!(
+            "SELECT * FROM postbus.receive('sql.sel', 10, selector => '{}')",
+            selector.replace('\'', "''")
+        ),
+    )
+    .await;
+    assert!(e.contains("is not registered"), "{e}");
+    b.store
+        .register_selector(selector)
+        .await
+        .expect("an exact selector registers");
+    let got = rows(
+        &a,
+        &format!(
+            "SELECT convert_from(body, 'UTF8') FROM postbus.receive('sql.sel', 10, selector => '{}')",
+            selector.replace('\'', "''")
+        ),
+    )
+    .await;
+    let bodies: Vec<&str> = got.iter().map(|r| r[0].as_deref().unwrap()).collect();
+    assert_eq!(bodies, ["p0", "p4"]);
+    // The others are untouched and available to plain receivers.
+    let rest = rows(
+        &a,
+        "SELECT convert_from(body, 'UTF8'), delivery_count FROM postbus.receive('sql.sel', 10)",
+    )
+    .await;
+    let rest: Vec<(&str, &str)> = rest
+        .iter()
+        .map(|r| (r[0].as_deref().unwrap(), r[1].as_deref().unwrap()))
+        .collect();
+    assert_eq!(rest, [("p1", "1"), ("p2", "1"), ("p3", "1")]);
+    // Selectors SQL could only approximate are refused at registration.
+    for inexact in [
+        "amount * 2 > 100",
+        "amount > price",
+        "JMSTimestamp > 1e300 * 10",
+    ] {
+        let e = b
+            .store
+            .register_selector(inexact)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot be decided exactly in SQL"),
+            "{inexact}: {e}"
+        );
+    }
+    assert!(
+        b.store
+            .register_selector("amount >")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("column")
+    );
+}

@@ -156,6 +156,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Selector(selectors::SelectorCmd::Register { selector }) => {
+            let store = queues::store(&cli)?;
+            let condition = store.register_selector(selector).await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"selector": selector, "registered": true, "sql": condition})
+                );
+            } else {
+                println!("registered for SQL receivers: {selector}");
+                println!("  SQL: {condition}");
+            }
+            Ok(())
+        }
         Cmd::Selector(s) => {
             let code = selectors::run(&cli, s)?;
             if code != 0 {

@@ -18,6 +18,13 @@ pub enum SelectorCmd {
         /// The cases file ('-' for standard input).
         file: String,
     },
+    /// Register a selector for the SQL API (`postbus.receive(..., selector => '...')`): stores
+    /// its exact SQL translation in the database. Refused (exit 1) for selectors SQL can only
+    /// approximate; those work over STOMP and HTTP.
+    Register {
+        /// The selector, exactly as SQL callers will pass it.
+        selector: String,
+    },
 }
 
 /// Returns the process exit code.
@@ -53,6 +60,8 @@ pub fn run(cli: &Cli, cmd: &SelectorCmd) -> anyhow::Result<i32> {
                 Ok(1)
             }
         },
+        // Needs the database: main.rs runs it.
+        SelectorCmd::Register { .. } => unreachable!("postbus selector register is run by main"),
         SelectorCmd::Test { file } => {
             let input = if file == "-" {
                 std::io::read_to_string(std::io::stdin())?

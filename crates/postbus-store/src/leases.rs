@@ -275,3 +275,34 @@ impl Store {
             .get(0))
     }
 }
+
+impl Store {
+    /// Registers a selector for SQL receivers (`postbus.receive(..., selector => ...)`): its
+    /// exact SQL translation, stored for the function to run. Refused when the translation
+    /// would only approximate the selector. Returns the translation.
+    pub async fn register_selector(&self, text: &str) -> Result<String, StoreError> {
+        let selector = Selector::parse(text).map_err(|e| StoreError::Refused(format!("{e}")))?;
+        let filter = selector
+            .to_exact_sql(&crate::MessagesMapping, 1)
+            .ok_or_else(|| {
+                StoreError::Refused(format!(
+                    "{text:?} cannot be decided exactly in SQL (an arithmetic expression, a comparison \
+                     between two properties, or a numeric bound Java would round): use it over STOMP \
+                     or HTTP, where the broker evaluates it (`postbus selector check` explains)"
+                ))
+            })?;
+        // `$n::text` placeholders become elements of one text[] parameter.
+        let mut condition = filter.sql.clone();
+        for n in (1..=filter.params.len()).rev() {
+            condition = condition.replace(&format!("${n}::"), &format!("$1[{n}]::"));
+        }
+        let client = self.client().await?;
+        client
+            .execute(
+                queries::REGISTER_SELECTOR,
+                &[&text, &condition, &filter.params],
+            )
+            .await?;
+        Ok(condition)
+    }
+}

@@ -495,3 +495,8 @@ pub const AUDIT_HEAD: &str = "SELECT seq, hash FROM postbus.audit_head";
 pub const RECORD_SAMPLED_DEPTHS: &str = "UPDATE postbus.destinations d SET sampled_depth = u.depth \
      FROM unnest($1::int[], $2::bigint[]) AS u(id, depth) \
      WHERE d.id = u.id AND d.max_depth > 0 AND d.sampled_depth <> u.depth";
+
+/// Stores a selector's exact SQL translation for SQL receivers (schema V6).
+pub const REGISTER_SELECTOR: &str = "INSERT INTO postbus.selectors (selector, condition, params) \
+     VALUES ($1, $2, $3) ON CONFLICT (selector) DO UPDATE \
+     SET condition = excluded.condition, params = excluded.params, registered_at = now()";
