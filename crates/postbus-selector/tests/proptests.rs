@@ -300,7 +300,16 @@ fn check_sql(sel: &Selector, mapping: &dyn SqlMapping, first: usize) {
         f.params
     );
     let mut rest = f.sql.clone();
-    for fixed in ["'string'", "'number'", "'boolean'", "'NaN'", "E'\\\\'"] {
+    for fixed in [
+        "'string'",
+        "'number'",
+        "'boolean'",
+        "'NaN'",
+        "'nonfinite'",
+        "'inf'",
+        "'-inf'",
+        "E'\\\\'",
+    ] {
         rest = rest.replace(fixed, "");
     }
     assert!(!rest.contains('\''), "stray quote in {}", f.sql);
