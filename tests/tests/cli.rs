@@ -167,3 +167,65 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_over_the_admin_api() {
+    let b = TestBroker::start().await;
+    let url = b.http.as_str();
+    let o = postbus(&[
+        "--url",
+        url,
+        "queue",
+        "create",
+        "api.q",
+        "--max-deliveries",
+        "4",
+    ])
+    .await;
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("created queue api.q"));
+    let o = postbus(&["--url", url, "queue", "create", "api.q"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("409"), "{o:?}");
+    let mut c = b.client().await;
+    c.send("/queue/api.q", "x", &[]).await.unwrap();
+    let o = postbus(&["--url", url, "--json", "queue", "list"]).await;
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let q = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "api.q")
+        .expect("api.q listed")
+        .clone();
+    assert_eq!(q["ready"], 1);
+    let o = postbus(&["--url", url, "queue", "stats", "api.q"]).await;
+    assert!(stdout(&o).contains("max deliveries"), "{}", stdout(&o));
+    let o = postbus(&["--url", url, "queue", "delete", "api.q"]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a queue holding messages is not deleted"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("force=true"));
+    let o = postbus(&["--url", url, "queue", "purge", "api.q"]).await;
+    assert!(stdout(&o).contains("purged 1 messages"), "{o:?}");
+    let o = postbus(&["--url", url, "queue", "delete", "api.q"]).await;
+    assert!(o.status.success(), "{o:?}");
+    // The broker audited who did it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let kinds = postbus_tests::sql(
+        &b.url,
+        "SELECT kind FROM postbus.audit_log WHERE destination = '/queue/api.q' ORDER BY seq",
+    )
+    .await;
+    let kinds: Vec<&str> = kinds.iter().map(|r| r[0].as_deref().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "destination.created",
+            "destination.purged",
+            "destination.deleted"
+        ]
+    );
+}

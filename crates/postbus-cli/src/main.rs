@@ -3,6 +3,7 @@
 //! work). Tables for people, `--json` for scripts; exit code 0 on success, 1 on failure, 2 on
 //! bad usage.
 
+mod api;
 mod audit;
 mod bench;
 mod messaging;
@@ -40,6 +41,13 @@ struct Cli {
     /// Data directory of a development broker (to find its database).
     #[arg(long, global = true, default_value = ".postbus")]
     data_dir: PathBuf,
+    /// The broker's HTTP admin API (e.g. http://127.0.0.1:8161): queue commands then go
+    /// through it (authorized and audited by the broker) instead of straight to PostgreSQL.
+    #[arg(long, global = true, env = "POSTBUS_URL")]
+    url: Option<String>,
+    /// Bearer token for the admin API. Default: the development token under --data-dir.
+    #[arg(long, global = true, env = "POSTBUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -97,7 +105,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Cmd::Send(a) => messaging::send(&cli, a).await,
         Cmd::Receive(a) => messaging::receive(&cli, a).await,
-        Cmd::Queue(q) => queues::run(&cli, q).await,
+        Cmd::Queue(q) => match &cli.url {
+            Some(url) => api::run(&cli, url, q).await,
+            None => queues::run(&cli, q).await,
+        },
         Cmd::Db(DbCmd::Migrate) => {
             let store = queues::store(&cli)?;
             let applied = store.migrate().await.context("migration failed")?;

@@ -1,4 +1,5 @@
-//! `postbus queue ...`: queue management straight against PostgreSQL.
+//! `postbus queue ...`: queue management straight against PostgreSQL (with `--url`, over the
+//! broker's admin API instead: see `api.rs`).
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
