@@ -229,3 +229,15 @@ async fn queue_commands_over_the_admin_api() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_completions_know_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = postbus(&["completions", shell]).await;
+        assert!(o.status.success(), "{o:?}");
+        let script = stdout(&o);
+        for word in ["queue", "audit", "selector", "policy", "url"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+}

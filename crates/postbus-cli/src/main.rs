@@ -70,6 +70,11 @@ enum Cmd {
     /// Check JMS message selectors and run selector test cases.
     #[command(subcommand)]
     Selector(selectors::SelectorCmd),
+    /// Print a shell completion script, e.g. `postbus completions bash > /etc/bash_completion.d/postbus`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// The audit log: verify its hash chain, tail it, export it.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -152,6 +157,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 a.passcode = messaging::passcode(&cli);
             }
             bench::run(&a).await
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into a buffer first: a closed pipe (`| head`) is not an error worth a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "postbus", &mut script);
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&script);
+            Ok(())
         }
         Cmd::Audit(a) => {
             let code = audit::run(&cli, a).await?;
