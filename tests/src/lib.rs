@@ -8,6 +8,7 @@
 //! - [`TestBroker`] runs a broker in-process on a random port; [`BrokerProcess`] runs the real
 //!   `postbusd` binary, for tests that kill it.
 
+pub mod checker;
 pub mod workload;
 
 use std::path::PathBuf;
