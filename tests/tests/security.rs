@@ -549,3 +549,18 @@ async fn an_audited_queue_records_each_send_and_ack_in_their_transactions() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_writes_the_audit_records_still_waiting_for_their_batch() {
+    let b = TestBroker::start().await;
+    let c = b.client().await;
+    drop(c);
+    // At once, well inside the writer's 100 ms batching window.
+    b.engine.shutdown().await;
+    let n = postbus_tests::count(
+        &b.url,
+        "SELECT count(*) FROM postbus.audit_log WHERE kind = 'connect'",
+    )
+    .await;
+    assert_eq!(n, 1);
+}

@@ -70,7 +70,7 @@ struct Inner {
     /// meanwhile (then the copy runs again).
     fanning_out: Mutex<HashMap<i32, bool>>,
     /// Audit records on their way to the chain (written in batches by a background task).
-    audit: tokio::sync::mpsc::UnboundedSender<AuditRecord>,
+    audit: Arc<AuditQueue>,
     metrics: Arc<Metrics>,
     /// Traces, when an OTLP endpoint is configured.
     otel: Option<Arc<Otel>>,
@@ -355,7 +355,7 @@ impl Engine {
             Some(url) => Some(Arc::new(Otel::start(url).map_err(EngineError::Config)?)),
             None => None,
         };
-        let (audit_tx, audit_rx) = tokio::sync::mpsc::unbounded_channel();
+        let audit = Arc::new(AuditQueue::default());
         let metrics = Arc::new(Metrics::new(
             config.metrics_max_destinations,
             config.max_connections,
@@ -387,13 +387,17 @@ impl Engine {
                 clients: Mutex::new(Clients::default()),
                 receivers: Mutex::new(HashMap::new()),
                 fanning_out: Mutex::new(HashMap::new()),
-                audit: audit_tx,
+                audit: audit.clone(),
                 metrics,
                 otel,
             }
         });
         let engine = Engine(inner);
-        tokio::spawn(write_audit(engine.0.store.clone(), node, audit_rx));
+        tokio::spawn(write_audit(
+            engine.0.store.clone(),
+            node,
+            Arc::downgrade(&audit),
+        ));
         engine.spawn_background();
         Ok(engine)
     }
@@ -511,7 +515,7 @@ impl Engine {
 
     /// Records a security-relevant event in the audit log (written within ~100 ms, batched).
     pub fn audit(&self, record: AuditRecord) {
-        let _ = self.0.audit.send(record);
+        self.0.audit.push(record);
     }
 
     /// Authentication and the policies in force.
@@ -1219,6 +1223,11 @@ impl Engine {
 
     /// A clean shutdown: in-flight messages go back to their queues at once.
     pub async fn shutdown(&self) {
+        // Audit records still waiting for their batch are written now.
+        let pending = self.0.audit.take();
+        if let Err(e) = self.0.store.append_audit(Some(self.0.node), &pending).await {
+            tracing::error!(error = %e, records = pending.len(), "writing the last audit records at shutdown failed");
+        }
         if let Some(otel) = self.0.otel.clone() {
             let _ = tokio::task::spawn_blocking(move || otel.shutdown()).await;
         }
@@ -1228,34 +1237,54 @@ impl Engine {
     }
 }
 
-/// Writes audit records in batches: whatever arrived within 100 ms goes in one transaction.
-/// A failed write is retried with the same records (they stay in order).
-async fn write_audit(
-    store: Store,
-    node: NodeId,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<AuditRecord>,
-) {
-    let mut batch: Vec<AuditRecord> = Vec::new();
+/// Audit records waiting for the writer.
+#[derive(Default)]
+struct AuditQueue {
+    pending: Mutex<Vec<AuditRecord>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl AuditQueue {
+    fn push(&self, record: AuditRecord) {
+        lock(&self.pending).push(record);
+        self.arrived.notify_one();
+    }
+
+    fn take(&self) -> Vec<AuditRecord> {
+        std::mem::take(&mut *lock(&self.pending))
+    }
+
+    /// Puts records that could not be written back in front, in order.
+    fn put_back(&self, mut records: Vec<AuditRecord>) {
+        let mut pending = lock(&self.pending);
+        records.append(&mut pending);
+        *pending = records;
+    }
+}
+
+/// Writes audit records in batches: whatever arrived within 100 ms goes in one transaction. A
+/// failed write is retried with the same records (they stay in order). At shutdown
+/// ([`Engine::shutdown`]) what is left is written at once.
+async fn write_audit(store: Store, node: NodeId, queue: Weak<AuditQueue>) {
     loop {
+        // Ends within a second of the engine (the only other holder of the queue) going.
+        let Some(queue) = queue.upgrade() else { return };
+        if tokio::time::timeout(Duration::from_secs(1), queue.arrived.notified())
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let batch = queue.take();
         if batch.is_empty() {
-            match rx.recv().await {
-                Some(r) => batch.push(r),
-                None => return,
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
         }
-        while batch.len() < 1000 {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        match store.append_audit(Some(node), &batch).await {
-            Ok(()) => batch.clear(),
-            Err(e) => {
-                tracing::error!(error = %e, records = batch.len(), "writing audit records failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+        if let Err(e) = store.append_audit(Some(node), &batch).await {
+            tracing::error!(error = %e, records = batch.len(), "writing audit records failed; retrying");
+            queue.put_back(batch);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            queue.arrived.notify_one();
         }
     }
 }
