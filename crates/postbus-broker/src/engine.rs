@@ -71,6 +71,9 @@ struct Inner {
     fanning_out: Mutex<HashMap<i32, bool>>,
     /// Audit records on their way to the chain (written in batches by a background task).
     audit: Arc<AuditQueue>,
+    /// Set by [`Engine::shutdown`]: background jobs stop (a deregistered node must not take
+    /// its own missing row for a verdict of its peers).
+    stopped: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
     /// Traces, when an OTLP endpoint is configured.
     otel: Option<Arc<Otel>>,
@@ -388,6 +391,7 @@ impl Engine {
                 receivers: Mutex::new(HashMap::new()),
                 fanning_out: Mutex::new(HashMap::new()),
                 audit: audit.clone(),
+                stopped: std::sync::atomic::AtomicBool::new(false),
                 metrics,
                 otel,
             }
@@ -1128,6 +1132,8 @@ impl Engine {
         tokio::spawn(periodic(weak.clone(), lease / 4, |engine| async move {
             match engine.0.store.heartbeat(engine.0.node).await {
                 Ok(true) => {}
+                // Deregistered by our own shutdown: not a verdict of the peers.
+                Ok(false) if engine.0.stopped.load(Ordering::SeqCst) => {}
                 Ok(false) => {
                     // Peers declared this node dead (it was paused or cut off longer than its
                     // lease) and gave its messages to others. Acting on any state from before
@@ -1223,6 +1229,7 @@ impl Engine {
 
     /// A clean shutdown: in-flight messages go back to their queues at once.
     pub async fn shutdown(&self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
         // Audit records still waiting for their batch are written now.
         let pending = self.0.audit.take();
         if let Err(e) = self.0.store.append_audit(Some(self.0.node), &pending).await {
@@ -1359,6 +1366,9 @@ where
     loop {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
+        if inner.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         job(Engine(inner)).await;
     }
 }
