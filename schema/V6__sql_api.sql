@@ -320,10 +320,8 @@ BEGIN
     PERFORM pg_notify('postbus_wake', dlq.id::text);
 END $$;
 
--- What a receiver gets: the messages `lease` holds, ungrouped ones first (best priority, then
--- FIFO), then grouped ones in order.
-CREATE FUNCTION postbus.leased(lease bigint)
-RETURNS TABLE (
+-- One received message, as postbus.receive returns it.
+CREATE TYPE postbus.received AS (
     message_id     text,
     receipt        text,
     body           bytea,
@@ -346,7 +344,12 @@ RETURNS TABLE (
     topic          text,
     origin         text,
     dlq_reason     text,
-    last_error     text)
+    last_error     text);
+
+-- What a receiver gets: the messages `lease` holds, ungrouped ones first (best priority, then
+-- FIFO), then grouped ones in order.
+CREATE FUNCTION postbus.leased(lease bigint)
+RETURNS SETOF postbus.received
 LANGUAGE sql STABLE AS $$
     SELECT 'ID:' || coalesce(m.publish_id, m.id), m.id || ':' || (-lease),
            coalesce(m.body, (SELECT p.body FROM postbus.payloads p WHERE p.id = m.publish_id)),
@@ -376,30 +379,7 @@ CREATE FUNCTION postbus.receive(
     max_messages integer DEFAULT 1,
     lease_ms     integer DEFAULT 30000,
     selector     text    DEFAULT NULL)
-RETURNS TABLE (
-    message_id     text,
-    receipt        text,
-    body           bytea,
-    properties     jsonb,
-    property_types jsonb,
-    content_type   text,
-    correlation_id text,
-    reply_to       text,
-    jms_type       text,
-    priority       smallint,
-    group_id       text,
-    group_seq      integer,
-    sent_at        bigint,
-    expires_at     bigint,
-    delivery_count integer,
-    redelivered    boolean,
-    user_id        text,
-    traceparent    text,
-    tracestate     text,
-    topic          text,
-    origin         text,
-    dlq_reason     text,
-    last_error     text)
+RETURNS SETOF postbus.received
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 #variable_conflict use_column

@@ -78,30 +78,9 @@ fn authorize(
     action: Action,
     destination: &str,
 ) -> Result<(), Problem> {
-    let d = engine.security().decide(who, action, destination);
-    if d.allowed {
-        return Ok(());
-    }
     engine
-        .metrics()
-        .policy_denials
-        .with_label_values(&[action.as_str()])
-        .inc();
-    engine.audit(
-        AuditRecord::new("authz.denied")
-            .principal(who.principal.clone())
-            .destination(destination)
-            .detail(json!({"action": action.as_str(), "rule": d.rule, "protocol": "admin"})),
-    );
-    Err(Problem::new(
-        StatusCode::FORBIDDEN,
-        "not authorized",
-        format!(
-            "{} may not {action} {destination} ({})",
-            who.principal,
-            d.explain()
-        ),
-    ))
+        .authorize(who, action, destination, "admin")
+        .map_err(|why| Problem::new(StatusCode::FORBIDDEN, "not authorized", why))
 }
 
 async fn openapi() -> Response {

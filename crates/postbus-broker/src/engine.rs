@@ -517,6 +517,50 @@ impl Engine {
         }
     }
 
+    /// Whether the policies allow `who` to do `action` to `destination`. A denial is logged,
+    /// counted and audited here (`protocol` says where it came from), and comes back as the
+    /// sentence the client gets: who may not do what, and which rule decided.
+    pub fn authorize(
+        &self,
+        who: &postbus_auth::Identity,
+        action: postbus_auth::Action,
+        destination: &str,
+        protocol: &str,
+    ) -> Result<(), String> {
+        let d = self.0.security.decide(who, action, destination);
+        if d.allowed {
+            return Ok(());
+        }
+        tracing::warn!(
+            principal = %who.principal,
+            action = action.as_str(),
+            destination,
+            protocol,
+            reason = %d.explain(),
+            "authorization denied"
+        );
+        self.0
+            .metrics
+            .policy_denials
+            .with_label_values(&[action.as_str()])
+            .inc();
+        self.audit(
+            AuditRecord::new("authz.denied")
+                .principal(who.principal.clone())
+                .destination(destination)
+                .detail(serde_json::json!({
+                    "action": action.as_str(),
+                    "rule": d.rule,
+                    "protocol": protocol,
+                })),
+        );
+        Err(format!(
+            "not authorized: {} may not {action} {destination} ({})",
+            who.principal,
+            d.explain()
+        ))
+    }
+
     /// Records a security-relevant event in the audit log (written within ~100 ms, batched).
     pub fn audit(&self, record: AuditRecord) {
         self.0.audit.push(record);

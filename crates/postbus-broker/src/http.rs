@@ -214,30 +214,9 @@ fn authorize(
     action: Action,
     destination: &str,
 ) -> Result<(), Failure> {
-    let d = engine.security().decide(who, action, destination);
-    if d.allowed {
-        return Ok(());
-    }
-    tracing::warn!(principal = %who.principal, action = action.as_str(), destination, reason = %d.explain(), "authorization denied (HTTP)");
     engine
-        .metrics()
-        .policy_denials
-        .with_label_values(&[action.as_str()])
-        .inc();
-    engine.audit(
-        AuditRecord::new("authz.denied")
-            .principal(who.principal.clone())
-            .destination(destination)
-            .detail(json!({"action": action.as_str(), "rule": d.rule, "protocol": "http"})),
-    );
-    Err(Failure(
-        StatusCode::FORBIDDEN,
-        format!(
-            "not authorized: {} may not {action} {destination} ({})",
-            who.principal,
-            d.explain()
-        ),
-    ))
+        .authorize(who, action, destination, "http")
+        .map_err(|why| Failure(StatusCode::FORBIDDEN, why))
 }
 
 /// The request body as JSON, with a 400 that says what is wrong (axum's own rejection text

@@ -711,45 +711,10 @@ impl Session {
 
     /// An ERROR (which ends the connection) when the policies do not allow it.
     fn authorize(&self, action: Action, destination: &str, receipt: Option<&str>) -> Option<End> {
-        let decision = self
-            .engine
-            .security()
-            .decide(&self.identity, action, destination);
-        if decision.allowed {
-            return None;
-        }
-        tracing::warn!(
-            conn = self.conn,
-            principal = %self.identity.principal,
-            action = action.as_str(),
-            destination,
-            reason = %decision.explain(),
-            "authorization denied"
-        );
         self.engine
-            .metrics()
-            .policy_denials
-            .with_label_values(&[action.as_str()])
-            .inc();
-        self.engine.audit(
-            AuditRecord::new("authz.denied")
-                .principal(self.identity.principal.clone())
-                .destination(destination)
-                .detail(serde_json::json!({
-                    "action": action.as_str(),
-                    "rule": decision.rule,
-                    "connection": self.conn,
-                    "protocol": "stomp",
-                })),
-        );
-        Some(End::error(
-            format!(
-                "not authorized: {} may not {action} {destination} ({})",
-                self.identity.principal,
-                decision.explain()
-            ),
-            receipt,
-        ))
+            .authorize(&self.identity, action, destination, "stomp")
+            .err()
+            .map(|why| End::error(why, receipt))
     }
 
     async fn on_send(&mut self, frame: &Frame) -> Option<End> {
