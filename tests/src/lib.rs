@@ -482,3 +482,29 @@ impl Drop for BrokerProcess {
         self.kill();
     }
 }
+
+/// An Ed25519 key pair made by openssl: (private PEM, public PEM).
+pub fn ed25519_keys(dir: &std::path::Path, name: &str) -> (Vec<u8>, Vec<u8>) {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&private)
+        .status()
+        .expect("openssl (apt-get install openssl)")
+        .success();
+    assert!(ok, "openssl genpkey");
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl pkey -pubout");
+    (
+        std::fs::read(private).unwrap(),
+        std::fs::read(public).unwrap(),
+    )
+}

@@ -1,8 +1,7 @@
 //! Authentication and authorization (docs/security.md) against a real broker: JWTs made in
 //! the test with keys made by openssl, policy files on disk, STOMP and HTTP clients.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,34 +9,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp
 use postbus_auth::{JwtSettings, KeyMaterial, Verifier};
 use postbus_broker::security::{Security, read_policy_dir, spawn_policy_reloader};
 use postbus_client::{Client, ConnectOptions};
-use postbus_tests::{TestBroker, body, test_config};
+use postbus_tests::{TestBroker, body, ed25519_keys, test_config};
 use serde_json::json;
-
-/// An Ed25519 key pair made by openssl: (private PEM, public PEM).
-fn ed25519_keys(dir: &Path, name: &str) -> (Vec<u8>, Vec<u8>) {
-    let private = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub.pem"));
-    let ok = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&private)
-        .status()
-        .expect("openssl (apt-get install openssl)")
-        .success();
-    assert!(ok, "openssl genpkey");
-    let ok = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl pkey -pubout");
-    (
-        std::fs::read(private).unwrap(),
-        std::fs::read(public).unwrap(),
-    )
-}
 
 struct Setup {
     broker: TestBroker,

@@ -115,21 +115,8 @@ async fn setup() -> Setup {
         client_auth: ClientAuth::Optional,
     })
     .expect("TLS from openssl's files");
-    openssl(
-        &["genpkey", "-algorithm", "ed25519", "-out", "jwt.key"],
-        dir.path(),
-    );
-    openssl(
-        &["pkey", "-pubout", "-in", "jwt.key", "-out", "jwt.pub"],
-        dir.path(),
-    );
-    let verifier = Verifier::new(
-        JwtSettings::default(),
-        &[KeyMaterial::Pem(
-            std::fs::read(dir.path().join("jwt.pub")).unwrap(),
-        )],
-    )
-    .unwrap();
+    let (jwt_private, jwt_public) = postbus_tests::ed25519_keys(dir.path(), "jwt");
+    let verifier = Verifier::new(JwtSettings::default(), &[KeyMaterial::Pem(jwt_public)]).unwrap();
     let policies = Policies::parse(&[(
         "tls.toml".into(),
         r#"
@@ -155,7 +142,7 @@ destinations = ["/queue/orders.>"]
     let token = encode(
         &Header::new(Algorithm::EdDSA),
         &serde_json::json!({"sub": "svc-orders", "roles": ["producer"], "exp": get_current_timestamp() + 600}),
-        &EncodingKey::from_ed_pem(&std::fs::read(dir.path().join("jwt.key")).unwrap()).unwrap(),
+        &EncodingKey::from_ed_pem(&jwt_private).unwrap(),
     )
     .unwrap();
     Setup {

@@ -23,7 +23,9 @@ pub enum AuthFailure {
         "authentication required: send a JWT as the passcode (STOMP) or as `Authorization: Bearer` (HTTP)"
     )]
     NoCredentials,
-    #[error("authentication failed: {0}")]
+    #[error(
+        "authentication failed: {0}; connect again with a valid token (a fresh one from the identity provider if it expired)"
+    )]
     Refused(String),
 }
 

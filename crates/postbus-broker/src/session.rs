@@ -817,13 +817,21 @@ impl Session {
                 ));
             }
         };
-        let label = self.engine.metrics().label(&req.destination.to_stomp());
-        if self.producing.insert(label.clone()) {
-            self.engine
-                .metrics()
-                .producers
-                .with_label_values(&[label.as_str()])
-                .inc();
+        // The producer gauge: a lookup only on this connection's first send to a destination
+        // (a queue's runtime knows its label; topics look it up).
+        let known = queue.as_ref().map(|q| q.counters.label.as_str());
+        if !known.is_some_and(|l| self.producing.contains(l)) {
+            let label = match known {
+                Some(l) => l.to_owned(),
+                None => self.engine.metrics().label(&req.destination.to_stomp()),
+            };
+            if self.producing.insert(label.clone()) {
+                self.engine
+                    .metrics()
+                    .producers
+                    .with_label_values(&[label.as_str()])
+                    .inc();
+            }
         }
         if let Some(tx_id) = req.transaction {
             let limit = self.engine.config().max_transaction_operations;
