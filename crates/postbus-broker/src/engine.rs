@@ -69,6 +69,8 @@ struct Inner {
     /// Topics whose SQL publications are being copied now, and whether another wake-up came
     /// meanwhile (then the copy runs again).
     fanning_out: Mutex<HashMap<i32, bool>>,
+    /// This broker's STOMP connections (what the admin API lists and closes).
+    connections: Mutex<HashMap<u64, ConnectionEntry>>,
     /// Audit records on their way to the chain (written in batches by a background task).
     audit: Arc<AuditQueue>,
     /// Set by [`Engine::shutdown`]: background jobs stop (a deregistered node must not take
@@ -77,6 +79,27 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Traces, when an OTLP endpoint is configured.
     otel: Option<Arc<Otel>>,
+}
+
+/// A STOMP connection as an operator sees it (admin API).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub peer: String,
+    pub principal: String,
+    pub client_id: Option<String>,
+    pub version: &'static str,
+    /// Epoch ms.
+    pub connected_at: i64,
+    /// Filled in when listed: its consumers and the messages in flight to them.
+    pub subscriptions: usize,
+    pub in_flight: usize,
+}
+
+struct ConnectionEntry {
+    info: ConnectionInfo,
+    /// Told when an operator closes the connection.
+    close: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -390,6 +413,7 @@ impl Engine {
                 clients: Mutex::new(Clients::default()),
                 receivers: Mutex::new(HashMap::new()),
                 fanning_out: Mutex::new(HashMap::new()),
+                connections: Mutex::new(HashMap::new()),
                 audit: audit.clone(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
                 metrics,
@@ -924,6 +948,85 @@ impl Engine {
         kick
     }
 
+    /// Records a connection that completed its CONNECT; the returned signal fires when an
+    /// operator closes it.
+    pub fn register_connection(&self, info: ConnectionInfo) -> Arc<tokio::sync::Notify> {
+        let close = Arc::new(tokio::sync::Notify::new());
+        lock(&self.0.connections).insert(
+            info.id,
+            ConnectionEntry {
+                info,
+                close: close.clone(),
+            },
+        );
+        close
+    }
+
+    /// Forgets a connection that ended.
+    pub fn deregister_connection(&self, conn: u64) {
+        lock(&self.0.connections).remove(&conn);
+    }
+
+    /// This broker's connections, with their consumer and in-flight counts.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let consumers = self.consumers();
+        let mut list: Vec<ConnectionInfo> = lock(&self.0.connections)
+            .values()
+            .map(|e| e.info.clone())
+            .collect();
+        for c in &mut list {
+            for k in consumers.iter().filter(|k| k.connection == c.id) {
+                c.subscriptions += 1;
+                c.in_flight += k.in_flight;
+            }
+        }
+        list.sort_by_key(|c| c.id);
+        list
+    }
+
+    /// Closes connection `conn` (its client gets an ERROR frame); false if there is none.
+    pub fn close_connection(&self, conn: u64) -> bool {
+        match lock(&self.0.connections).get(&conn) {
+            Some(e) => {
+                e.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every consumer attached on this broker.
+    pub fn consumers(&self) -> Vec<crate::queue::ConsumerInfo> {
+        let queues: Vec<Arc<QueueRuntime>> = self.lock_queues().by_id.values().cloned().collect();
+        let mut out: Vec<_> = queues
+            .iter()
+            .flat_map(|q| q.consumers(&format!("/{}/{}", q.kind.as_str(), q.name)))
+            .collect();
+        out.sort_by(|a, b| (a.connection, &a.subscription).cmp(&(b.connection, &b.subscription)));
+        out
+    }
+
+    /// Re-reads a destination's settings after an operator changed them (any broker's
+    /// admin API: the 's<id>' wake-up).
+    fn reload_settings(&self, id: i32) {
+        let Some(queue) = self.lock_queues().by_id.get(&id).cloned() else {
+            return;
+        };
+        let store = self.0.store.clone();
+        tokio::spawn(async move {
+            match store.find_destination(queue.kind, &queue.name).await {
+                Ok(Some(row)) => {
+                    queue.replace_settings(row.settings);
+                    queue.wake();
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(queue = %queue.name, error = %e, "reloading changed settings failed")
+                }
+            }
+        });
+    }
+
     /// Releases a client id when its connection ends.
     pub fn release_client_id(&self, client_id: &str, conn: u64) {
         let mut clients = self.lock_clients();
@@ -949,13 +1052,13 @@ impl Engine {
         }
         messages
             .into_iter()
-            .partition(|m| m.delivery_count < queue.settings.max_deliveries)
+            .partition(|m| m.delivery_count < queue.settings().max_deliveries)
     }
 
     /// The queue id of `queue`'s dead-letter queue (created if needed).
     pub async fn dead_letter_queue_id(&self, queue: &QueueRuntime) -> Result<i32, EngineError> {
         let name = queue
-            .settings
+            .settings()
             .dead_letter_queue
             .clone()
             .unwrap_or_else(|| format!("DLQ.{}", queue.name));
@@ -979,13 +1082,13 @@ impl Engine {
             last_error,
             ..Default::default()
         };
-        if count >= queue.settings.max_deliveries && !is_dead_letter_queue(&queue.name) {
+        if count >= queue.settings().max_deliveries && !is_dead_letter_queue(&queue.name) {
             match self.dead_letter_queue_id(queue).await {
                 Ok(dlq) => {
                     row.dead_letter = Some(dlq);
                     row.reason = Some(format!(
                         "{reason}; delivered {count} times (max-deliveries {})",
-                        queue.settings.max_deliveries
+                        queue.settings().max_deliveries
                     ));
                     row.origin = Some(format!("/queue/{}", queue.name));
                     return row;
@@ -995,7 +1098,7 @@ impl Engine {
                 }
             }
         }
-        let delay = queue.settings.redelivery_delay(count);
+        let delay = queue.settings().redelivery_delay(count);
         if delay > 0 {
             row.ready_at = Some(postbus_model::now_ms() + delay);
         }
@@ -1019,7 +1122,7 @@ impl Engine {
                 dead_letter: Some(dlq),
                 reason: Some(format!(
                     "delivered {} times (max-deliveries {})",
-                    m.delivery_count, queue.settings.max_deliveries
+                    m.delivery_count, queue.settings().max_deliveries
                 )),
                 origin: Some(format!("/queue/{}", queue.name)),
                 ..Default::default()
@@ -1372,12 +1475,15 @@ async fn listen_for_wakeups(weak: Weak<Inner>) {
         {
             while let Some(payload) = rx.recv().await {
                 let Some(inner) = weak.upgrade() else { return };
-                // Queue ids, and 't<id>' for a topic with publications sent through SQL.
+                // Queue ids, 't<id>' for a topic with publications sent through SQL, and 's<id>' for a
+                // destination whose settings an operator changed.
                 let engine = Engine(inner);
                 let mut ids = Vec::new();
                 for part in payload.split(',') {
                     if let Some(topic) = part.strip_prefix('t').and_then(|t| t.parse().ok()) {
                         engine.fan_out_publications(topic);
+                    } else if let Some(id) = part.strip_prefix('s').and_then(|t| t.parse().ok()) {
+                        engine.reload_settings(id);
                     } else if let Ok(id) = part.parse() {
                         ids.push(id);
                     }

@@ -39,6 +39,28 @@ impl AckMode {
             _ => None,
         }
     }
+
+    /// The mode's name in the SUBSCRIBE `ack` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckMode::Auto => "auto",
+            AckMode::Client => "client",
+            AckMode::ClientIndividual => "client-individual",
+        }
+    }
+}
+
+/// A consumer as an operator sees it (admin API).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConsumerInfo {
+    pub connection: u64,
+    pub subscription: String,
+    pub destination: String,
+    pub ack: &'static str,
+    pub selector: Option<String>,
+    pub prefetch: u32,
+    pub exclusive: bool,
+    pub in_flight: usize,
 }
 
 /// A message handed to a session for writing.
@@ -57,6 +79,9 @@ pub enum SessionEvent {
 /// What a session tells the queue about a new consumer.
 pub struct ConsumerSpec {
     pub id: ConsumerId,
+    /// The connection it belongs to, and its ack mode (what the admin API shows).
+    pub connection: u64,
+    pub ack: AckMode,
     pub subscription: Arc<str>,
     pub prefetch: u32,
     pub exclusive: bool,
@@ -225,7 +250,8 @@ pub struct QueueRuntime {
     /// Queue, temporary queue or subscription.
     pub kind: DestinationKind,
     pub name: String,
-    pub settings: QueueSettings,
+    /// Its settings; an operator's change (admin API) replaces them while it runs.
+    settings: std::sync::RwLock<Arc<QueueSettings>>,
     /// This destination's metric counters.
     pub counters: crate::metrics::DestinationCounters,
     buffer: DispatchBuffer,
@@ -256,7 +282,7 @@ impl QueueRuntime {
             id,
             kind,
             name,
-            settings,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             counters,
             buffer,
             state: Mutex::new(QueueState {
@@ -319,6 +345,25 @@ impl QueueRuntime {
                 return;
             }
         }
+    }
+
+    /// The consumers attached on this broker, as the admin API shows them; `destination` is
+    /// this queue's STOMP name.
+    pub fn consumers(&self, destination: &str) -> Vec<ConsumerInfo> {
+        self.lock()
+            .consumers
+            .iter()
+            .map(|c| ConsumerInfo {
+                connection: c.spec.connection,
+                subscription: c.spec.subscription.to_string(),
+                destination: destination.to_owned(),
+                ack: c.spec.ack.as_str(),
+                selector: c.spec.selector.as_ref().map(|s| s.text.clone()),
+                prefetch: c.spec.prefetch,
+                exclusive: c.spec.exclusive,
+                in_flight: c.in_flight.len(),
+            })
+            .collect()
     }
 
     /// Consumers attached on this broker.
@@ -724,6 +769,19 @@ impl QueueRuntime {
         self.lock().release_epoch
     }
 
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<QueueSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts changed settings in force (an operator's update, heard from any broker).
+    pub fn replace_settings(&self, settings: QueueSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+    }
+
     /// No consumers, nothing claimed and nothing being released: leases can go.
     fn is_idle(&self) -> bool {
         let st = self.lock();
@@ -731,7 +789,7 @@ impl QueueRuntime {
     }
 
     fn is_exclusive(&self, st: &QueueState) -> bool {
-        self.settings.exclusive || st.consumers.first().is_some_and(|c| c.spec.exclusive)
+        self.settings().exclusive || st.consumers.first().is_some_and(|c| c.spec.exclusive)
     }
 
     /// Puts one claimed message on a consumer; hands it back when none can take it now.

@@ -214,22 +214,22 @@ pub async fn send(
             let q = engine.resolve_send_target(destination).await?;
             InsertRow {
                 queue_id: q.id,
-                dedup_window_ms: q.settings.dedup_window_ms,
+                dedup_window_ms: q.settings().dedup_window_ms,
                 message,
                 pre_claimed: false,
                 topic: None,
-                audited: q.settings.audit_messages.then(|| destination.to_stomp()),
+                audited: q.settings().audit_messages.then(|| destination.to_stomp()),
             }
         }
         DestinationKind::TempQueue => {
             let q = engine.temp_queue(&destination.name, false).await?;
             InsertRow {
                 queue_id: q.id,
-                dedup_window_ms: q.settings.dedup_window_ms,
+                dedup_window_ms: q.settings().dedup_window_ms,
                 message,
                 pre_claimed: false,
                 topic: None,
-                audited: q.settings.audit_messages.then(|| destination.to_stomp()),
+                audited: q.settings().audit_messages.then(|| destination.to_stomp()),
             }
         }
         DestinationKind::Topic => {

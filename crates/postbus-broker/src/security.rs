@@ -14,6 +14,8 @@ pub struct Security {
     verifier: Option<Verifier>,
     allow_anonymous: bool,
     policies: RwLock<Arc<Policies>>,
+    /// Where the policies come from, for a reload on request (admin API).
+    policy_dir: Option<PathBuf>,
 }
 
 /// Why a client was not admitted.
@@ -36,6 +38,7 @@ impl Security {
             verifier: None,
             allow_anonymous: true,
             policies: RwLock::new(Arc::new(Policies::allow_all())),
+            policy_dir: None,
         }
     }
 
@@ -44,7 +47,34 @@ impl Security {
             verifier,
             allow_anonymous,
             policies: RwLock::new(Arc::new(policies)),
+            policy_dir: None,
         }
+    }
+
+    /// Names the directory the policies were read from, so that [`Security::reload_policies`]
+    /// can read it again.
+    pub fn with_policy_dir(mut self, dir: PathBuf) -> Security {
+        self.policy_dir = Some(dir);
+        self
+    }
+
+    /// The directory the policies come from, if they come from files.
+    pub fn policy_dir(&self) -> Option<&Path> {
+        self.policy_dir.as_deref()
+    }
+
+    /// Reads the policy directory again and puts it in force; returns the rule count. A
+    /// directory that does not parse keeps the policies in force and says why.
+    pub fn reload_policies(&self) -> Result<usize, String> {
+        let dir = self.policy_dir.as_deref().ok_or_else(|| {
+            "this broker's policies do not come from a directory (start it with --policies DIR)"
+                .to_owned()
+        })?;
+        let p = read_policy_dir(dir)?;
+        let n = p.len();
+        self.replace_policies(p);
+        tracing::info!(dir = %dir.display(), rules = n, "policies reloaded on request");
+        Ok(n)
     }
 
     /// Authenticates a client by its token (the STOMP passcode, the HTTP bearer token) or,

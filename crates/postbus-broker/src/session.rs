@@ -304,6 +304,16 @@ pub async fn run_session<S>(
     let max_unconfirmed = engine.config().max_unconfirmed_frames.max(1);
     let read_timeout = want_beat.map(|d| d.mul_f64(engine.config().heartbeat_grace.max(1.0)));
     let kick = kick.unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
+    let closed_by_operator = engine.register_connection(crate::engine::ConnectionInfo {
+        id: conn,
+        peer: peer.to_string(),
+        principal: s.identity.principal.clone(),
+        client_id: client_id.clone(),
+        version: version.as_str(),
+        connected_at: postbus_model::now_ms(),
+        subscriptions: 0,
+        in_flight: 0,
+    });
 
     let end = loop {
         tokio::select! {
@@ -314,6 +324,7 @@ pub async fn run_session<S>(
             Some(note) = acked_rx.recv() => s.auto_ack(note),
             Some(event) = events_rx.recv() => s.deliver(event),
             _ = kick.notified() => break End::error("another connection took over this client-id", None),
+            _ = closed_by_operator.notified() => break End::error("closed by an administrator", None),
             _ = until(expires), if expires.is_some() => break End::error("the token expired: reconnect with a fresh one", None),
             _ = room_or_deadline(&s.held), if s.held.is_some() => s.held = None,
             // Back-pressure: a connection with too many writes unfinished, or held back by a
@@ -336,6 +347,7 @@ pub async fn run_session<S>(
         }
     }
     s.teardown().await;
+    engine.deregister_connection(conn);
     engine.audit(
         AuditRecord::new("disconnect")
             .principal(s.identity.principal.clone())
@@ -696,7 +708,7 @@ impl Session {
     /// `message.acked` audit records for acks of a destination that audits its messages (the
     /// id is the row's: a topic copy's own id), written in the ack's transaction.
     fn ack_audit(&self, queue: &QueueRuntime, ids: &[i64]) -> Vec<AuditRecord> {
-        if !queue.settings.audit_messages {
+        if !queue.settings().audit_messages {
             return Vec::new();
         }
         ids.iter()
@@ -778,12 +790,12 @@ impl Session {
                 };
                 let row = InsertRow {
                     queue_id: queue.id,
-                    dedup_window_ms: queue.settings.dedup_window_ms,
+                    dedup_window_ms: queue.settings().dedup_window_ms,
                     message: req.message,
                     pre_claimed: false,
                     topic: None,
                     audited: queue
-                        .settings
+                        .settings()
                         .audit_messages
                         .then(|| req.destination.to_stomp()),
                 };
@@ -1041,6 +1053,8 @@ impl Session {
         let consumer = self.engine.next_id();
         queue.add_consumer(ConsumerSpec {
             id: consumer,
+            connection: self.conn,
+            ack,
             subscription: Arc::from(id.as_str()),
             prefetch,
             exclusive,

@@ -11,6 +11,8 @@ mod batch;
 mod error;
 mod fanout;
 mod leases;
+mod manage;
+pub use manage::{ManagedMessage, MessagePage, MessageRefusal, MessageState, ReplayOutcome};
 pub use leases::{LeasedMessage, MAX_LEASE_MS};
 pub mod migrate;
 mod queries;

@@ -18,11 +18,29 @@ macro_rules! release_set {
 }
 
 /// The columns read back for delivery, in the order [`crate::read::row_to_message`] expects.
-pub const MESSAGE_COLUMNS: &str = "m.id, m.queue_id, m.priority, m.expires_at, m.delivery_count, m.persistent, \
+/// The header columns every message read starts with (a macro so that [`MESSAGE_COLUMNS`]
+/// and [`SUMMARY_COLUMNS`] are built from one list).
+macro_rules! message_head_columns {
+    () => {
+        "m.id, m.queue_id, m.priority, m.expires_at, m.delivery_count, m.persistent, \
      m.sent_at, m.group_id, m.group_seq, m.correlation_id, m.reply_to, m.jms_type, m.content_type, \
      m.user_id, m.traceparent, m.tracestate, m.properties, m.property_types, m.dlq_reason, m.origin, \
-     m.last_error, coalesce(m.body, (SELECT p.body FROM postbus.payloads p WHERE p.id = m.publish_id)), \
-     m.publish_id, m.topic";
+     m.last_error, "
+    };
+}
+
+/// A message's body: its own, or the shared payload of a topic copy.
+macro_rules! message_body_column {
+    () => {
+        "coalesce(m.body, (SELECT p.body FROM postbus.payloads p WHERE p.id = m.publish_id))"
+    };
+}
+
+pub const MESSAGE_COLUMNS: &str = concat!(
+    message_head_columns!(),
+    message_body_column!(),
+    ", m.publish_id, m.topic"
+);
 
 /// The first statement of a batch: the transaction's id (to learn the outcome if the connection
 /// breaks during COMMIT) and `$1` fresh message ids, in increasing order.
@@ -500,3 +518,81 @@ pub const RECORD_SAMPLED_DEPTHS: &str = "UPDATE postbus.destinations d SET sampl
 pub const REGISTER_SELECTOR: &str = "INSERT INTO postbus.selectors (selector, condition, params) \
      VALUES ($1, $2, $3) ON CONFLICT (selector) DO UPDATE \
      SET condition = excluded.condition, params = excluded.params, registered_at = now()";
+
+// --- Operators' message management (admin API; `manage.rs`) ---
+
+/// [`MESSAGE_COLUMNS`] without the body (an empty one in its place), then the row's state
+/// (`owner`, `ready_at`) and the body's size: what a listing shows without reading bodies.
+pub const SUMMARY_COLUMNS: &str = concat!(
+    message_head_columns!(),
+    "''::bytea, m.publish_id, m.topic, m.owner, m.ready_at, \
+     coalesce(octet_length(m.body), (SELECT octet_length(p.body) FROM postbus.payloads p WHERE p.id = m.publish_id))"
+);
+
+/// A page of every message of queue `$1` (any state) with an id above `$2`, in id order, at
+/// most `$3`, that pass `filter_sql` (alias `c`, parameters from `$4`). Bodies are not read.
+pub fn manage_page(filter_sql: &str) -> String {
+    format!(
+        "SELECT {SUMMARY_COLUMNS} FROM postbus.messages m \
+         WHERE m.id = ANY(ARRAY( \
+               SELECT c.id FROM postbus.messages c \
+               WHERE c.queue_id = $1 AND c.id > $2 AND ({filter_sql}) \
+               ORDER BY c.id LIMIT $3)) \
+         ORDER BY m.id"
+    )
+}
+
+/// One message of queue `$2` with its body, its state and its size.
+pub const MANAGE_ONE: &str = concat!(
+    "SELECT ",
+    message_head_columns!(),
+    message_body_column!(),
+    ", m.publish_id, m.topic, m.owner, m.ready_at, 0 \
+     FROM postbus.messages m WHERE m.id = $1 AND m.queue_id = $2"
+);
+
+/// Whether message `$1` of queue `$2` exists and is held by a consumer.
+pub const MANAGE_HELD: &str =
+    "SELECT owner IS NOT NULL FROM postbus.messages WHERE id = $1 AND queue_id = $2";
+
+/// Deletes message `$1` of queue `$2` unless a consumer holds it.
+pub const MANAGE_DELETE: &str = "DELETE FROM postbus.messages WHERE id = $1 AND queue_id = $2 AND owner IS NULL";
+
+/// Moves message `$1` of queue `$2` to queue `$3` unless a consumer holds it, as a fresh,
+/// deliverable message of that queue: delivery count and dead-letter fields cleared (else a
+/// message moved out of a dead-letter queue would go straight back), a topic copy no longer
+/// a copy.
+pub const MANAGE_MOVE: &str = "UPDATE postbus.messages SET queue_id = $3, delivery_count = 0, \
+        ready_at = NULL, dlq_reason = NULL, origin = NULL, last_error = NULL, topic = NULL \
+     WHERE id = $1 AND queue_id = $2 AND owner IS NULL";
+
+/// Candidates of a replay: messages of queue `$1` nobody holds, id above `$2`, in id order, at
+/// most `$3`, passing `filter_sql` (parameters from `$4`), locked against consumers and other
+/// replays. Bodies are not read.
+pub fn replay_candidates(filter_sql: &str) -> String {
+    format!(
+        "SELECT {SUMMARY_COLUMNS} FROM postbus.messages m \
+         WHERE m.queue_id = $1 AND m.owner IS NULL AND m.id > $2 AND m.id = ANY(ARRAY( \
+               SELECT c.id FROM postbus.messages c \
+               WHERE c.queue_id = $1 AND c.owner IS NULL AND c.id > $2 AND ({filter_sql}) \
+               ORDER BY c.id LIMIT $3)) \
+         ORDER BY m.id FOR UPDATE SKIP LOCKED"
+    )
+}
+
+/// Replays messages `$1` to queues `$2` (pairwise): back to deliverable, delivery count and
+/// dead-letter fields cleared.
+pub const REPLAY_MOVE: &str = "UPDATE postbus.messages m SET queue_id = u.target, delivery_count = 0, \
+        ready_at = NULL, dlq_reason = NULL, origin = NULL, last_error = NULL, topic = NULL \
+     FROM unnest($1::bigint[], $2::int[]) AS u(id, target) \
+     WHERE m.id = u.id AND m.owner IS NULL";
+
+/// Queue ids by name (kind 'queue').
+pub const QUEUE_IDS_BY_NAME: &str = "SELECT name, id FROM postbus.destinations WHERE kind = 'queue' AND name = ANY($1)";
+
+/// Writes a destination's settings.
+pub const UPDATE_DESTINATION_SETTINGS: &str = "UPDATE postbus.destinations SET max_deliveries = $2, \
+        redelivery_delay_ms = $3, redelivery_backoff = $4, redelivery_max_delay_ms = $5, \
+        dead_letter_queue = $6, expiry_queue = $7, dedup_window_ms = $8, exclusive = $9, \
+        audit_messages = $10, max_depth = $11, auto_created = false \
+     WHERE id = $1";

@@ -157,6 +157,15 @@ impl Store {
             .transpose()
     }
 
+    /// Whether any broker node has consumers on subscription `id`.
+    pub async fn subscription_attached(&self, id: i32) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one(queries::SUBSCRIPTION_ATTACHED, &[&id])
+            .await?
+            .get(0))
+    }
+
     /// Every subscription, by name.
     pub async fn list_subscriptions(&self) -> Result<Vec<SubscriptionRow>, StoreError> {
         let client = self.client().await?;

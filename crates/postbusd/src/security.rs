@@ -112,11 +112,11 @@ pub fn build(cfg: &SecurityConfig) -> anyhow::Result<Arc<Security>> {
             "ANONYMOUS ACCESS: clients without a token are admitted (--allow-anonymous); do not expose this broker"
         );
     }
-    Ok(Arc::new(Security::new(
-        verifier,
-        cfg.allow_anonymous,
-        policies,
-    )))
+    let security = Security::new(verifier, cfg.allow_anonymous, policies);
+    Ok(Arc::new(match policy_dir(cfg) {
+        Some(dir) => security.with_policy_dir(dir),
+        None => security,
+    }))
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
