@@ -434,7 +434,10 @@ impl SettingsChange {
         if self.max_deliveries.is_some_and(|v| v < 1) {
             return bad("max_deliveries must be at least 1");
         }
-        if self.redelivery_backoff.is_some_and(|v| v.is_nan() || v < 1.0) {
+        if self
+            .redelivery_backoff
+            .is_some_and(|v| v.is_nan() || v < 1.0)
+        {
             return bad("redelivery_backoff must be a number of at least 1.0");
         }
         for (name, v) in [

@@ -1,6 +1,7 @@
 //! `postbus audit`: verify the audit log's hash chain, show its last records, export records
 //! for SIEM tools. Works on the database directly (`--database-url`), so an auditor need not
-//! trust the broker: every hash is recomputed here.
+//! trust the broker: every hash is recomputed here. `postbus audit query` reads records
+//! through the broker's admin API instead (`--url`), for those who may not reach the database.
 
 use anyhow::bail;
 use clap::Subcommand;
@@ -30,12 +31,28 @@ pub enum AuditCmd {
         #[arg(long)]
         since: String,
     },
+    /// Records after a sequence number, read through the broker's admin API (needs --url and
+    /// the `admin` action on every destination); no hash is checked here.
+    Query {
+        /// Records with a sequence number above this one.
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: i64,
+        /// Most records (the broker caps it at 10000).
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: i64,
+    },
 }
 
 pub async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<i32> {
-    let store = crate::queues::store(cli)?;
+    // Opened in the arms: `audit query` needs no database.
+    let opened = crate::queues::store(cli);
     match cmd {
+        AuditCmd::Query { after, limit } => {
+            crate::admin::audit_query(cli, *after, *limit).await?;
+            Ok(0)
+        }
         AuditCmd::Verify { anchor } => {
+            let store = opened?;
             let json = cli.json;
             let v = store
                 .verify_audit(|n| {
@@ -94,10 +111,12 @@ pub async fn run(cli: &Cli, cmd: &AuditCmd) -> anyhow::Result<i32> {
             })
         }
         AuditCmd::Tail { count } => {
+            let store = opened?;
             print(cli, &store.audit_tail(*count).await?);
             Ok(0)
         }
         AuditCmd::Export { since } => {
+            let store = opened?;
             let mut after = store.audit_seq_since(since).await? - 1;
             loop {
                 let page = store.audit_page(after, 10_000).await?;

@@ -63,7 +63,7 @@ pub async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         passcode: passcode(cli),
         ..Default::default()
     };
-    Ok(Client::connect(&cli.stomp, &opts).await?)
+    Ok(Client::connect(cli.stomp_addr(), &opts).await?)
 }
 
 fn destination(d: &str) -> String {

@@ -1,5 +1,7 @@
 //! `postbus policy check`: asks the policy files (no broker needed) whether a principal with
-//! roles may do an action to a destination, and names the rule that decided.
+//! roles may do an action to a destination, and names the rule that decided. With `--url` the
+//! broker's policies in force decide instead (`admin.rs`), and `postbus policy reload` makes
+//! the broker reread its policy directory.
 
 use std::path::PathBuf;
 
@@ -11,12 +13,20 @@ use crate::Cli;
 #[derive(Subcommand, Debug)]
 pub enum PolicyCmd {
     /// Decide one request: exit code 0 when allowed, 1 when denied.
+    ///
+    /// Without --url the policy files of --policies decide (no broker needed); with --url the
+    /// policies in force on that broker do.
     Check(CheckArgs),
+    /// Make the broker reread its policy directory now (admin API only: needs --url).
+    ///
+    /// A directory that does not parse is refused (exit 1, with the parse error) and the
+    /// policies in force stay.
+    Reload,
 }
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
-    /// Directory of policy files (*.toml).
+    /// Directory of policy files (*.toml); not read with --url.
     #[arg(long, default_value = "policies")]
     pub policies: PathBuf,
     /// The principal (a token's `sub`).
@@ -34,8 +44,15 @@ pub struct CheckArgs {
 }
 
 /// Runs the command; returns the exit code.
-pub fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<i32> {
-    let PolicyCmd::Check(a) = cmd;
+pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<i32> {
+    let a = match (cmd, &cli.url) {
+        (PolicyCmd::Reload, _) => {
+            crate::admin::policy_reload(cli).await?;
+            return Ok(0);
+        }
+        (PolicyCmd::Check(a), Some(url)) => return crate::admin::policy_check(cli, url, a).await,
+        (PolicyCmd::Check(a), None) => a,
+    };
     let action = Action::parse(&a.action).ok_or_else(|| {
         anyhow::anyhow!(
             "unknown action {:?}: use send, consume, browse, create, delete, purge or admin",

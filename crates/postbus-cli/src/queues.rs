@@ -15,6 +15,12 @@ pub enum QueueCmd {
     List,
     /// Create a queue with settings.
     Create(CreateArgs),
+    /// Change some settings of an existing queue (admin API only: needs --url).
+    ///
+    /// Only the settings given change; the others keep their values. The broker applies the
+    /// change to its running queue and audits it. Example:
+    /// `postbus --url http://127.0.0.1:8161 queue update orders --max-deliveries 5 --exclusive true`
+    Update(UpdateArgs),
     /// Delete a queue (refused while it holds messages, unless --force).
     Delete {
         name: String,
@@ -60,6 +66,42 @@ pub struct CreateArgs {
     pub audit_messages: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// The queue to change.
+    pub name: String,
+    /// Deliveries before a message moves to the dead-letter queue.
+    #[arg(long, value_name = "N")]
+    pub max_deliveries: Option<i32>,
+    /// Delay before redelivery, ms.
+    #[arg(long, value_name = "N")]
+    pub redelivery_delay_ms: Option<i64>,
+    /// Multiplier per further redelivery (exponential backoff).
+    #[arg(long, value_name = "F")]
+    pub redelivery_backoff: Option<f64>,
+    /// Cap on the redelivery delay, ms.
+    #[arg(long, value_name = "N")]
+    pub redelivery_max_delay_ms: Option<i64>,
+    /// Dead-letter queue; '' for the default (DLQ.<name>).
+    #[arg(long, value_name = "QUEUE")]
+    pub dead_letter_queue: Option<String>,
+    /// Where expired messages go; '' to drop them.
+    #[arg(long, value_name = "QUEUE")]
+    pub expiry_queue: Option<String>,
+    /// How long dedup ids are remembered, ms.
+    #[arg(long, value_name = "N")]
+    pub dedup_window_ms: Option<i64>,
+    /// One active consumer at a time: true or false.
+    #[arg(long, value_name = "BOOL")]
+    pub exclusive: Option<bool>,
+    /// Record every message sent to it and acknowledged from it in the audit log: true or false.
+    #[arg(long, value_name = "BOOL")]
+    pub audit_messages: Option<bool>,
+    /// Most messages the queue may hold (0 = no limit).
+    #[arg(long, value_name = "N")]
+    pub max_depth: Option<i64>,
+}
+
 /// The store for queue and database commands: --database-url, or the development database.
 pub fn store(cli: &Cli) -> anyhow::Result<Store> {
     let url = match &cli.database_url {
@@ -79,9 +121,16 @@ pub fn store(cli: &Cli) -> anyhow::Result<Store> {
 }
 
 pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
-    let store = store(cli)?;
+    // Opened in the arms, so that `queue update` says it needs --url, not a database.
+    let opened = store(cli);
     match cmd {
+        QueueCmd::Update(_) => {
+            // A running broker keeps queue settings in memory: changing them behind its back
+            // would not take effect, so this goes through the broker only.
+            return Err(crate::api::needs_url("postbus queue update").into());
+        }
         QueueCmd::List => {
+            let store = opened?;
             let stats = store.destination_stats().await?;
             if cli.json {
                 println!("{}", serde_json::to_string(&stats)?);
@@ -114,6 +163,7 @@ pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
             println!("{t}");
         }
         QueueCmd::Create(a) => {
+            let store = opened?;
             postbus_model::destination::validate_name(&a.name)?;
             let settings = QueueSettings {
                 max_deliveries: a.max_deliveries,
@@ -155,6 +205,7 @@ pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
             }
         }
         QueueCmd::Delete { name, force } => {
+            let store = opened?;
             let row = find(&store, name).await?;
             let deleted = store.delete_destination(row.id, *force).await?;
             audit(
@@ -174,6 +225,7 @@ pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
             }
         }
         QueueCmd::Purge { name } => {
+            let store = opened?;
             let row = find(&store, name).await?;
             let n = store.purge(row.id).await?;
             audit(
@@ -190,6 +242,7 @@ pub async fn run(cli: &Cli, cmd: &QueueCmd) -> anyhow::Result<()> {
             }
         }
         QueueCmd::Stats { name } => {
+            let store = opened?;
             let row = find(&store, name).await?;
             let stats = store
                 .destination_stats()
