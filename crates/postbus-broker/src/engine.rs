@@ -398,6 +398,7 @@ impl Engine {
                 node,
                 limits,
                 Arc::new(WakeOnCommit(weak.clone())),
+                otel.clone(),
             );
             Inner {
                 config,
@@ -1114,6 +1115,15 @@ impl Engine {
                 return;
             }
         };
+        for m in &messages {
+            tracing::info!(
+                queue = %queue.name,
+                message = m.id.0,
+                deliveries = m.delivery_count,
+                trace_id = m.traceparent.as_deref().and_then(crate::otel::trace_id_of),
+                "message moved to the dead-letter queue (max-deliveries reached)"
+            );
+        }
         let releases = messages
             .iter()
             .map(|m| ReleaseRow {
@@ -1122,7 +1132,8 @@ impl Engine {
                 dead_letter: Some(dlq),
                 reason: Some(format!(
                     "delivered {} times (max-deliveries {})",
-                    m.delivery_count, queue.settings().max_deliveries
+                    m.delivery_count,
+                    queue.settings().max_deliveries
                 )),
                 origin: Some(format!("/queue/{}", queue.name)),
                 ..Default::default()

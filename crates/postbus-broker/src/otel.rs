@@ -3,7 +3,9 @@
 //! `send` span (child of the producer's), ended when the message commits; the message then
 //! carries that span's context, so its delivery is a `receive` span child of it, and the
 //! MESSAGE frame carries the delivery span's context to the consumer; an ACK or NACK is a
-//! `settle` span. One trace shows producer, broker and consumer. Attributes follow the
+//! `settle` span. The group commit that writes a traced message is a `batch` span (a `commit`
+//! span for a client transaction) under its send span, timed from the batch's start to its
+//! commit. One trace shows producer, broker and consumer. Attributes follow the
 //! OpenTelemetry messaging semantic conventions. Spans go to an OTLP/HTTP (protobuf)
 //! collector in batches from a background thread.
 
@@ -18,6 +20,15 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
 };
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), when it is one.
+/// Log lines about a traced message carry it, whether or not spans are exported.
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (_, id) = (parts.next()?, parts.next()?);
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .then_some(id)
+}
 
 /// The tracer and its exporter.
 pub struct Otel {
@@ -180,10 +191,71 @@ impl Otel {
         span.end();
     }
 
+    /// A database batch (group commit) that held traced messages: one span per traced message,
+    /// child of the message's send span, from the batch's start to its commit (or failure).
+    /// `traced` holds each message's context (its `traceparent` and `tracestate`); a batch of
+    /// a client transaction is a `commit` span, any other a `batch` span.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch(
+        &self,
+        traced: &[(String, Option<String>)],
+        started: std::time::SystemTime,
+        ended: std::time::SystemTime,
+        units: usize,
+        messages: usize,
+        transaction: bool,
+        error: Option<&str>,
+    ) {
+        for (traceparent, tracestate) in traced {
+            let parent = self.extract(traceparent, tracestate.as_deref());
+            if !parent.span().span_context().is_valid() {
+                continue;
+            }
+            let name = if transaction { "commit" } else { "batch" };
+            let mut span = self
+                .tracer
+                .span_builder(format!("{name} postgresql"))
+                .with_kind(SpanKind::Client)
+                .with_start_time(started)
+                .with_attributes(vec![
+                    KeyValue::new("messaging.system", "postbus"),
+                    KeyValue::new("messaging.batch.message_count", messages as i64),
+                    KeyValue::new("db.system.name", "postgresql"),
+                    KeyValue::new("db.operation.name", name.to_uppercase()),
+                    KeyValue::new("postbus.batch.units", units as i64),
+                    KeyValue::new("postbus.transaction", transaction),
+                ])
+                .start_with_context(&self.tracer, &parent);
+            if let Some(e) = error {
+                span.set_status(opentelemetry::trace::Status::error(e.to_owned()));
+            }
+            span.end_with_timestamp(ended);
+        }
+    }
+
     /// Sends what is buffered (at shutdown).
     pub fn shutdown(&self) {
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "flushing traces at shutdown failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id_of;
+
+    #[test]
+    fn a_trace_id_comes_from_a_well_formed_traceparent_only() {
+        assert_eq!(
+            trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_of("00-xyz-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id_of("garbage"), None);
     }
 }

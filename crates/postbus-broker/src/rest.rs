@@ -207,8 +207,17 @@ pub fn new_message(
 pub async fn send(
     engine: &Engine,
     destination: &Destination,
-    message: NewMessage,
+    mut message: NewMessage,
 ) -> Result<Sent, ApiError> {
+    // A traced message: the broker's send span continues the caller's trace (as for STOMP).
+    let mut span = None;
+    if let (Some(otel), Some(tp)) = (engine.otel(), message.traceparent.clone())
+        && let Some((s, ours)) =
+            otel.send(&destination.to_stomp(), &tp, message.tracestate.as_deref())
+    {
+        message.traceparent = Some(ours);
+        span = Some(s);
+    }
     let row = match destination.kind {
         DestinationKind::Queue => {
             let q = engine.resolve_send_target(destination).await?;
@@ -253,10 +262,16 @@ pub async fn send(
         inserts: vec![row],
         ..Default::default()
     };
-    let outcome = engine
-        .write(engine.next_id(), unit)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("{e}; retry with the same dedup_id")))?;
+    let written = engine.write(engine.next_id(), unit).await;
+    if let Some(mut span) = span {
+        use opentelemetry::trace::Span as _;
+        if written.is_err() {
+            span.set_status(opentelemetry::trace::Status::error("not committed"));
+        }
+        span.end();
+    }
+    let outcome =
+        written.map_err(|e| ApiError::Unavailable(format!("{e}; retry with the same dedup_id")))?;
     match outcome {
         UnitOutcome::Committed { inserted, .. } => match inserted.first() {
             Some(InsertOutcome::Stored(id)) => Ok(Sent {

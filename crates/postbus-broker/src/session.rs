@@ -315,6 +315,8 @@ pub async fn run_session<S>(
         in_flight: 0,
     });
 
+    // The trace id of the frame that ended the session, if it was traced.
+    let mut ended_by: Option<String> = None;
     let end = loop {
         tokio::select! {
             biased;
@@ -331,7 +333,24 @@ pub async fn run_session<S>(
             // full queue, is not read (TCP then slows the client down).
             frame = read_with_timeout(&mut reader, read_timeout),
                 if s.held.is_none() && s.pending.len() < max_unconfirmed => match frame {
-                Ok(Some(frame)) => if let Some(end) = s.handle(frame).await { break end; },
+                Ok(Some(frame)) => {
+                    // A traced frame's log lines carry its trace id (JSON logs: `span.trace_id`).
+                    let trace = frame
+                        .header("traceparent")
+                        .and_then(crate::otel::trace_id_of)
+                        .map(str::to_owned);
+                    let end = match &trace {
+                        Some(t) => {
+                            use tracing::Instrument as _;
+                            s.handle(frame).instrument(tracing::info_span!("frame", trace_id = %t)).await
+                        }
+                        None => s.handle(frame).await,
+                    };
+                    if let Some(end) = end {
+                        ended_by = trace;
+                        break end;
+                    }
+                }
                 Ok(None) => break End::Quiet,
                 Err(message) => break End::Error { message, detail: String::new(), receipt: None },
             },
@@ -359,6 +378,14 @@ pub async fn run_session<S>(
             detail,
             receipt,
         } => {
+            tracing::info!(
+                conn,
+                %peer,
+                principal = %s.identity.principal,
+                trace_id = ended_by.as_deref(),
+                error = %message,
+                "connection ended with an ERROR frame"
+            );
             let _ = s.out.send(Out::Frame(error_frame(
                 &message,
                 &detail,

@@ -45,6 +45,9 @@ pub struct Writers {
     tx: mpsc::UnboundedSender<Request>,
 }
 
+/// Where batch spans go (when tracing is on).
+type Tracing = Option<Arc<crate::otel::Otel>>;
+
 /// Hooks the writer calls around a batch (to dispatch fresh messages from memory, wake
 /// dispatchers, count metrics...).
 pub trait CommitObserver: Send + Sync + 'static {
@@ -74,9 +77,10 @@ impl Writers {
         node: NodeId,
         limits: WriterLimits,
         observer: Arc<dyn CommitObserver>,
+        otel: Tracing,
     ) -> Writers {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(coordinate(store, node, rx, limits, observer));
+        tokio::spawn(coordinate(store, node, rx, limits, observer, otel));
         Writers { tx }
     }
 
@@ -123,6 +127,7 @@ async fn coordinate(
     mut rx: mpsc::UnboundedReceiver<Request>,
     limits: WriterLimits,
     observer: Arc<dyn CommitObserver>,
+    otel: Tracing,
 ) {
     let mut queue: VecDeque<Request> = VecDeque::new();
     let mut busy: HashSet<u64> = HashSet::new();
@@ -162,8 +167,31 @@ async fn coordinate(
                 None
             };
             let (store, observer) = (store.clone(), observer.clone());
+            let otel = otel.clone();
             running.spawn(async move {
-                write_and_reply(&store, node, batch, notify, limits.retry_for, &*observer).await;
+                // Traced messages get a span for the batch that writes them.
+                let traced = match &otel {
+                    Some(_) => traced_messages(&batch),
+                    None => Vec::new(),
+                };
+                let started = std::time::SystemTime::now();
+                let units = batch.len();
+                let messages = batch.iter().map(|r| r.unit.inserts.len()).sum();
+                let transaction = batch.iter().any(|r| r.unit.atomic);
+                let error =
+                    write_and_reply(&store, node, batch, notify, limits.retry_for, &*observer)
+                        .await;
+                if let Some(otel) = otel.filter(|_| !traced.is_empty()) {
+                    otel.batch(
+                        &traced,
+                        started,
+                        std::time::SystemTime::now(),
+                        units,
+                        messages,
+                        transaction,
+                        error.as_deref(),
+                    );
+                }
                 conns
             });
         }
@@ -205,6 +233,20 @@ async fn coordinate(
             }
         }
     }
+}
+
+/// The trace contexts of a batch's traced messages.
+fn traced_messages(batch: &[Request]) -> Vec<(String, Option<String>)> {
+    batch
+        .iter()
+        .flat_map(|r| r.unit.inserts.iter())
+        .filter_map(|i| {
+            i.message
+                .traceparent
+                .clone()
+                .map(|tp| (tp, i.message.tracestate.clone()))
+        })
+        .collect()
 }
 
 /// Marks the fresh messages of a batch that local consumers can take at once as claimed in the
@@ -272,7 +314,7 @@ async fn write_and_reply(
     notify: Option<String>,
     retry_for: Duration,
     observer: &dyn CommitObserver,
-) {
+) -> Option<String> {
     let durable = requests.iter().any(|r| r.durable);
     let mut units = Vec::with_capacity(requests.len());
     let mut replies = Vec::with_capacity(requests.len());
@@ -296,6 +338,9 @@ async fn write_and_reply(
         // units one by one so only that unit's client gets the error.
         tracing::warn!(error = %e, units = batch.units.len(), "group commit refused; retrying its units one by one");
         let results = write_units_alone(store, &batch, retry_for).await;
+        let first_error = results
+            .iter()
+            .find_map(|r| r.as_ref().err().map(|e| e.to_string()));
         for ((unit, reply), r) in batch.units.iter().zip(replies).zip(results) {
             match &r {
                 Ok(outcome) => observer.committed(
@@ -307,7 +352,7 @@ async fn write_and_reply(
             }
             let _ = reply.send(r);
         }
-        return;
+        return first_error;
     }
     match result {
         Ok(outcomes) => {
@@ -315,6 +360,7 @@ async fn write_and_reply(
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(Ok(outcome));
             }
+            None
         }
         Err(e) => {
             let err = match &e {
@@ -326,6 +372,7 @@ async fn write_and_reply(
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
+            Some(err.to_string())
         }
     }
 }
