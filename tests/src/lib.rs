@@ -9,6 +9,8 @@
 //!   `postbusd` binary, for tests that kill it.
 
 pub mod checker;
+pub mod fault;
+pub mod proxy;
 pub mod workload;
 
 use std::path::PathBuf;
