@@ -148,13 +148,45 @@ async fn postgres_fault(name: &str, fault: impl AsyncFnOnce(&mut Cluster)) {
     let h = running.finish(Duration::from_secs(60)).await;
     let r = ScenarioResult::of(name, &h, fault_start, fault_end);
     let recovery = r.recovery_s;
-    conclude(r, "");
+    let mut extra = String::new();
+    if !r.report.lost.is_empty() {
+        extra = where_are(&site.cluster, &r.report.lost);
+    }
+    conclude(r, &extra);
     let recovery = recovery.expect("served again after the fault");
     assert!(
         recovery <= 5.0,
         "serving again within 5 s of PostgreSQL accepting connections (took {recovery:.2} s)\n{}",
         site.broker.log_tail()
     );
+}
+
+/// What the database holds of lost messages (to say where a lost message went).
+fn where_are(cluster: &Cluster, dedups: &[String]) -> String {
+    let list = dedups
+        .iter()
+        .map(|d| format!("'{d}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let q = |sql: String| {
+        cluster
+            .psql("faults", &sql)
+            .unwrap_or_else(|e| format!("query failed: {e}"))
+    };
+    format!(
+        "dedup records: {}\nmessages by dedup record: {}\nmessages by body: {}\n",
+        q(format!(
+            "SELECT dedup_id, message_id FROM postbus.dedup WHERE dedup_id IN ({list})"
+        )),
+        q(format!(
+            "SELECT m.id, m.queue_id, m.owner, m.ready_at, m.delivery_count FROM postbus.messages m \
+             JOIN postbus.dedup d ON d.message_id = m.id WHERE d.dedup_id IN ({list})"
+        )),
+        q(format!(
+            "SELECT id, queue_id, owner, ready_at, delivery_count, convert_from(body, 'UTF8') FROM postbus.messages \
+             WHERE convert_from(body, 'UTF8') IN ({list})"
+        )),
+    )
 }
 
 /// Runs a blocking cluster operation (pg_ctl, signals) without stalling the runtime.
@@ -219,4 +251,61 @@ async fn client_connections_reset_mid_frame_and_mid_commit() {
         doubt > 0 && committed > 0,
         "a reset right after a COMMIT leaves its producer in doubt, and the repeated COMMIT finds it committed ({doubt} in doubt, {committed} committed)"
     );
+}
+
+/// The pids of the client backends serving database `faults` (the broker's connections).
+fn broker_backends(cluster: &Cluster) -> Vec<u32> {
+    cluster
+        .psql(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity WHERE datname = 'faults' \
+             AND backend_type = 'client backend' ORDER BY state = 'active' DESC, pid",
+        )
+        .expect("list backends")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend_sigkilled() {
+    postgres_fault(
+        "3b. SIGKILL one backend (every session drops)",
+        async |c: &mut Cluster| {
+            let pid = blocking(|| broker_backends(c))[0];
+            signal(pid, "KILL");
+            // The postmaster resets every session and recovers; wait until it serves again.
+            for _ in 0..100 {
+                if blocking(|| c.psql("postgres", "SELECT 1")).is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend_sigstopped_mid_transaction() {
+    let stop_s = env_u64("FAULT_STOP_S", 15);
+    postgres_fault(
+        &format!("3d. SIGSTOP one backend {stop_s} s"),
+        async |c: &mut Cluster| {
+            let pid = blocking(|| broker_backends(c))[0];
+            signal(pid, "STOP");
+            tokio::time::sleep(Duration::from_secs(stop_s)).await;
+            signal(pid, "CONT");
+        },
+    )
+    .await;
 }

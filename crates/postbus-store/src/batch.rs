@@ -510,10 +510,17 @@ impl Store {
         error: tokio_postgres::Error,
         xid: &str,
     ) -> Result<(), StoreError> {
-        if error.as_db_error().is_some() {
-            // The server answered: the commit was refused, so nothing was written.
+        if let Some(db) = error.as_db_error()
+            && !matches!(db.severity(), "FATAL" | "PANIC")
+        {
+            // The server answered with an ERROR: the commit was refused, nothing was written.
             return Err(StoreError::Db(error));
         }
+        // A FATAL (the session terminated: another backend crashed, a fast shutdown, an
+        // administrator's pg_terminate_backend) says nothing of the commit: the backend may
+        // have written its commit record first. Found by the fault suite (scenario 3b):
+        // taking it for a refusal retried a committed batch, whose messages then stayed
+        // claimed by this broker.
         for attempt in 0..50 {
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
