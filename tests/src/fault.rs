@@ -24,8 +24,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shape of the load.
 #[derive(Clone, Debug)]
 pub struct Load {
-    /// Where clients connect (the broker, or a fault proxy in front of it).
-    pub addr: String,
+    /// Where clients connect (brokers, or a fault proxy in front of one); a client that
+    /// cannot connect or whose connection broke tries the next.
+    pub addrs: Vec<String>,
     /// The queue, e.g. `/queue/faults`; its dead-letter queue is drained too.
     pub queue: String,
     pub producers: usize,
@@ -142,8 +143,12 @@ impl History {
 /// Connects, retrying for up to a minute (the broker may be restarting).
 async fn connect(load: &Load, opts: &ConnectOptions, h: &History) -> Client {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut turn = h.connections.load(Ordering::Relaxed);
     loop {
-        match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&load.addr, opts)).await {
+        turn += 1;
+        let addr = &load.addrs[turn % load.addrs.len()];
+        let timeout = REQUEST_TIMEOUT.min(Duration::from_secs(3));
+        match tokio::time::timeout(timeout, Client::connect(addr, opts)).await {
             Ok(Ok(c)) => {
                 h.connections.fetch_add(1, Ordering::Relaxed);
                 return c;

@@ -464,6 +464,32 @@ impl BrokerProcess {
         )
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `TERM`...) to the process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([format!("-{sig}"), c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits up to `within` for the process to exit by itself; its exit code if it did.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// SIGKILL: no cleanup of any kind.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

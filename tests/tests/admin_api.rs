@@ -408,8 +408,18 @@ async fn operators_browse_fetch_move_delete_and_replay_messages() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["moved"].clone(), v["more"].clone()), (json!(2), json!(false)));
-    let (_, _, v) = call(&b, Method::GET, "/v1/admin/queues/orders/messages", &op, None).await;
+    assert_eq!(
+        (v["moved"].clone(), v["more"].clone()),
+        (json!(2), json!(false))
+    );
+    let (_, _, v) = call(
+        &b,
+        Method::GET,
+        "/v1/admin/queues/orders/messages",
+        &op,
+        None,
+    )
+    .await;
     let back: Vec<(i64, i64, Value)> = v["messages"]
         .as_array()
         .unwrap()
@@ -473,7 +483,10 @@ async fn operators_browse_fetch_move_delete_and_replay_messages() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!((v["moved"].clone(), v["more"].clone()), (json!(1), json!(false)));
+    assert_eq!(
+        (v["moved"].clone(), v["more"].clone()),
+        (json!(1), json!(false))
+    );
     assert_eq!(b.depth("DLQ.orders").await, 0);
 
     // The queue now holds orders 0, 2, 3 and 4; a consumer gets them in id order, and a
@@ -579,9 +592,7 @@ async fn operators_see_and_close_connections_and_manage_subscriptions_and_polici
     let policies = postbus_broker::security::read_policy_dir(dir.path()).unwrap();
     let b = TestBroker::start_secured(
         test_config(),
-        Arc::new(
-            Security::new(Some(verifier), false, policies).with_policy_dir(dir.path().into()),
-        ),
+        Arc::new(Security::new(Some(verifier), false, policies).with_policy_dir(dir.path().into())),
     )
     .await;
     let op = token("olga", &["operator"]);
@@ -637,9 +648,16 @@ async fn operators_see_and_close_connections_and_manage_subscriptions_and_polici
         "{v}"
     );
     let (s, _, _) = call(&b, Method::GET, "/v1/admin/connections", &team, None).await;
-    assert_eq!(s, 403, "connections are for those who administer everything");
+    assert_eq!(
+        s, 403,
+        "connections are for those who administer everything"
+    );
     let (_, _, v) = call(&b, Method::GET, "/v1/admin/consumers", &team, None).await;
-    assert_eq!(v["consumers"], json!([]), "a team sees no consumers of others");
+    assert_eq!(
+        v["consumers"],
+        json!([]),
+        "a team sees no consumers of others"
+    );
 
     let (_, _, v) = call(&b, Method::GET, "/v1/admin/subscriptions", &op, None).await;
     let subs = v["subscriptions"].as_array().unwrap();
@@ -711,6 +729,8 @@ async fn operators_see_and_close_connections_and_manage_subscriptions_and_polici
     assert_eq!(s, 403);
 
     // Health: live without the database, ready with it.
-    let r = reqwest::get(format!("{}/health/ready", b.http)).await.unwrap();
+    let r = reqwest::get(format!("{}/health/ready", b.http))
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
