@@ -434,6 +434,7 @@ async fn replicated(sync: bool) -> Replicated {
         &[
             ("POSTBUS_BROKER_NODE_LEASE_MS", "3000"),
             ("POSTBUS_BROKER_WRITE_RETRY_MS", "30000"),
+            ("POSTBUS_LOG_FORMAT", "json"),
         ],
     )
     .await
@@ -484,12 +485,18 @@ async fn failover(sync: bool) -> (ScenarioResult, String) {
     if !r.report.lost.is_empty() {
         extra = where_are(&site.standby, &r.report.lost);
     }
-    (r, extra + &site.broker.log_tail())
+    (r, extra + &site.broker.log())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_primary_killed_and_synchronous_standby_promoted() {
     let (r, log) = failover(true).await;
+    // At start the broker said what a RECEIPT means on this primary (fsync is off in these
+    // test clusters, so it warns; the synchronous standby is named and attached).
+    assert!(
+        log.contains("\"synchronous_standby_names\":\"standby1\",\"sync_standbys\":1"),
+        "{log}"
+    );
     let recovery = r.recovery_s;
     conclude(r, "");
     let recovery = recovery.expect("served again after the promotion");
@@ -576,4 +583,22 @@ async fn two_brokers_one_killed_one_paused_past_its_lease() {
         Some(75),
         "a broker declared dead while paused exits rather than act on stale state"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_on_a_database_without_fsync_says_receipts_are_not_durable() {
+    let site = site().await; // fsync = off, as the CI clusters run
+    let mut found = false;
+    for _ in 0..50 {
+        if site
+            .broker
+            .log()
+            .contains("RECEIPTS ARE NOT DURABLE: fsync is off")
+        {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "{}", site.broker.log());
 }

@@ -427,6 +427,7 @@ impl Engine {
             node,
             Arc::downgrade(&audit),
         ));
+        engine.check_durability(true).await;
         engine.spawn_background();
         Ok(engine)
     }
@@ -452,10 +453,56 @@ impl Engine {
         self.0.metrics.label(&name)
     }
 
+    /// Reads what a commit means on the database (fsync, synchronous_commit, synchronous
+    /// standbys) into the metrics; logs it, loudly when a RECEIPT would not mean durable and
+    /// whenever that verdict changes (`announce`: always log, at start).
+    async fn check_durability(&self, announce: bool) {
+        let m = &self.0.metrics;
+        let d = match self.0.store.durability().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the database's durability settings failed");
+                return;
+            }
+        };
+        let warning = d.warning();
+        let was_durable = m.receipts_durable.get() == 1;
+        m.db_fsync.set(i64::from(d.fsync));
+        m.db_sync_standbys.set(d.sync_standbys);
+        m.db_synchronous_commit.reset();
+        m.db_synchronous_commit
+            .with_label_values(&[d.synchronous_commit.as_str()])
+            .set(1);
+        m.receipts_durable.set(i64::from(warning.is_none()));
+        let changed = was_durable != warning.is_none();
+        if announce || changed {
+            match &warning {
+                None => tracing::info!(
+                    fsync = d.fsync,
+                    synchronous_commit = %d.synchronous_commit,
+                    synchronous_standby_names = %d.synchronous_standby_names,
+                    sync_standbys = d.sync_standbys,
+                    standbys = d.standbys,
+                    "database durability: a RECEIPT means the commit is durable"
+                ),
+                Some(w) => tracing::warn!(
+                    fsync = d.fsync,
+                    synchronous_commit = %d.synchronous_commit,
+                    synchronous_standby_names = %d.synchronous_standby_names,
+                    sync_standbys = d.sync_standbys,
+                    standbys = d.standbys,
+                    "RECEIPTS ARE NOT DURABLE: {w}"
+                ),
+            }
+        }
+    }
+
     /// Samples destination depths and consumer counts into the metrics (a few index scans,
-    /// every `broker.metrics_depth_interval_ms`, never per scrape).
+    /// every `broker.metrics_depth_interval_ms`, never per scrape), and the durability
+    /// settings.
     async fn sample_depths(&self) {
         let m = &self.0.metrics;
+        self.check_durability(false).await;
         let started = std::time::Instant::now();
         let stats = match self.0.store.destination_stats().await {
             Ok(s) => s,

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub db_query: HistogramVec,
     pub db_errors: IntCounterVec,
     pub tls_expiry: Gauge,
+    pub db_fsync: IntGauge,
+    pub db_synchronous_commit: IntGaugeVec,
+    pub db_sync_standbys: IntGauge,
+    pub receipts_durable: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -273,6 +277,27 @@ impl Metrics {
                 "postbus_db_errors_total",
                 "Database operations that failed.",
                 &["operation"],
+            ),
+            db_fsync: gauge(
+                &r,
+                "postbus_database_fsync",
+                "1 when the database's fsync is on.",
+            ),
+            db_synchronous_commit: gauge_vec(
+                &r,
+                "postbus_database_synchronous_commit",
+                "The database's synchronous_commit setting (the series whose label is in force is 1).",
+                &["setting"],
+            ),
+            db_sync_standbys: gauge(
+                &r,
+                "postbus_database_synchronous_standbys",
+                "Standbys attached to the database as synchronous (sync or quorum).",
+            ),
+            receipts_durable: gauge(
+                &r,
+                "postbus_receipts_durable",
+                "1 when a RECEIPT means the commit is flushed (and on a synchronous standby when one is named); 0 when the settings say otherwise (see the broker's log).",
             ),
             tls_expiry: Gauge::new(
                 "postbus_tls_certificate_expiry_timestamp_seconds",

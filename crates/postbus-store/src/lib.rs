@@ -12,8 +12,8 @@ mod error;
 mod fanout;
 mod leases;
 mod manage;
-pub use manage::{ManagedMessage, MessagePage, MessageRefusal, MessageState, ReplayOutcome};
 pub use leases::{LeasedMessage, MAX_LEASE_MS};
+pub use manage::{ManagedMessage, MessagePage, MessageRefusal, MessageState, ReplayOutcome};
 pub mod migrate;
 mod queries;
 
@@ -34,6 +34,42 @@ pub use fanout::SelectorView;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+
+/// The server settings that decide what a committed transaction (and so a RECEIPT) means.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Durability {
+    pub fsync: bool,
+    pub synchronous_commit: String,
+    pub synchronous_standby_names: String,
+    /// Standbys attached as synchronous (sync or quorum).
+    pub sync_standbys: i64,
+    /// Standbys attached at all.
+    pub standbys: i64,
+}
+
+impl Durability {
+    /// Why a RECEIPT would not mean what it should, if it would not: None when a commit is
+    /// flushed here (and, when synchronous standbys are named, on a standby too).
+    pub fn warning(&self) -> Option<String> {
+        if !self.fsync {
+            return Some(
+                "fsync is off: a committed message can be lost if the machine loses power or crashes; a RECEIPT does not mean durable (set fsync = on)".into(),
+            );
+        }
+        match self.synchronous_commit.as_str() {
+            "off" => Some(
+                "synchronous_commit is off: a RECEIPT is sent before the commit is flushed, so a database crash can lose confirmed messages (set synchronous_commit = on)".into(),
+            ),
+            "local" if !self.synchronous_standby_names.is_empty() => Some(
+                "synchronous_commit is local: a RECEIPT means durable on the primary only, not on the synchronous standby a failover promotes".into(),
+            ),
+            _ if !self.synchronous_standby_names.is_empty() && self.sync_standbys == 0 => Some(
+                "synchronous_standby_names is set but no synchronous standby is attached: commits wait until one attaches".into(),
+            ),
+            _ => None,
+        }
+    }
+}
 
 /// How to reach PostgreSQL.
 #[derive(Clone, Debug)]
@@ -165,6 +201,19 @@ impl Store {
     }
 
     /// Checks that the database answers.
+    /// What a commit on this server means for durability (reported at start and in the metrics).
+    pub async fn durability(&self) -> Result<Durability, StoreError> {
+        let client = self.client().await?;
+        let r = client.query_one(queries::DURABILITY, &[]).await?;
+        Ok(Durability {
+            fsync: r.get::<_, String>(0) == "on",
+            synchronous_commit: r.get(1),
+            synchronous_standby_names: r.get(2),
+            sync_standbys: r.get(3),
+            standbys: r.get(4),
+        })
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         client.simple_query("SELECT 1").await?;

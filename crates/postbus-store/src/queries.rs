@@ -556,7 +556,8 @@ pub const MANAGE_HELD: &str =
     "SELECT owner IS NOT NULL FROM postbus.messages WHERE id = $1 AND queue_id = $2";
 
 /// Deletes message `$1` of queue `$2` unless a consumer holds it.
-pub const MANAGE_DELETE: &str = "DELETE FROM postbus.messages WHERE id = $1 AND queue_id = $2 AND owner IS NULL";
+pub const MANAGE_DELETE: &str =
+    "DELETE FROM postbus.messages WHERE id = $1 AND queue_id = $2 AND owner IS NULL";
 
 /// Moves message `$1` of queue `$2` to queue `$3` unless a consumer holds it, as a fresh,
 /// deliverable message of that queue: delivery count and dead-letter fields cleared (else a
@@ -588,7 +589,8 @@ pub const REPLAY_MOVE: &str = "UPDATE postbus.messages m SET queue_id = u.target
      WHERE m.id = u.id AND m.owner IS NULL";
 
 /// Queue ids by name (kind 'queue').
-pub const QUEUE_IDS_BY_NAME: &str = "SELECT name, id FROM postbus.destinations WHERE kind = 'queue' AND name = ANY($1)";
+pub const QUEUE_IDS_BY_NAME: &str =
+    "SELECT name, id FROM postbus.destinations WHERE kind = 'queue' AND name = ANY($1)";
 
 /// Writes a destination's settings.
 pub const UPDATE_DESTINATION_SETTINGS: &str = "UPDATE postbus.destinations SET max_deliveries = $2, \
@@ -596,3 +598,11 @@ pub const UPDATE_DESTINATION_SETTINGS: &str = "UPDATE postbus.destinations SET m
         dead_letter_queue = $6, expiry_queue = $7, dedup_window_ms = $8, exclusive = $9, \
         audit_messages = $10, max_depth = $11, auto_created = false \
      WHERE id = $1";
+
+/// What a committed transaction means on this server: `fsync`, `synchronous_commit`,
+/// `synchronous_standby_names`, and how many standbys are attached synchronously (sync or
+/// quorum) and at all.
+pub const DURABILITY: &str = "SELECT current_setting('fsync'), current_setting('synchronous_commit'), \
+        current_setting('synchronous_standby_names'), \
+        (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')), \
+        (SELECT count(*) FROM pg_stat_replication)";
