@@ -464,6 +464,11 @@ impl BrokerProcess {
         )
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends a signal (`STOP`, `CONT`, `TERM`...) to the process.
     pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {

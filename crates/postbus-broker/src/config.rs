@@ -26,6 +26,8 @@ pub struct BrokerConfig {
     pub max_headers: usize,
     /// Longest header line, bytes.
     pub max_header_line_bytes: usize,
+    /// Most connections one principal may have open at once on this broker (0: no limit).
+    pub max_connections_per_principal: usize,
     /// Most subscriptions on one connection.
     pub max_subscriptions_per_connection: usize,
     /// Most transactions open at once on one connection.
@@ -94,6 +96,7 @@ impl Default for BrokerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             max_headers: 256,
             max_header_line_bytes: 64 * 1024,
+            max_connections_per_principal: 1_000,
             max_subscriptions_per_connection: 1_000,
             max_open_transactions: 16,
             max_transaction_operations: 10_000,

@@ -997,17 +997,35 @@ impl Engine {
     }
 
     /// Records a connection that completed its CONNECT; the returned signal fires when an
-    /// operator closes it.
-    pub fn register_connection(&self, info: ConnectionInfo) -> Arc<tokio::sync::Notify> {
+    /// operator closes it. Refused (with the reason) when its principal already has
+    /// `broker.max_connections_per_principal` connections here.
+    pub fn register_connection(
+        &self,
+        info: ConnectionInfo,
+    ) -> Result<Arc<tokio::sync::Notify>, String> {
+        let limit = self.0.config.max_connections_per_principal;
+        let mut connections = lock(&self.0.connections);
+        if limit > 0
+            && connections
+                .values()
+                .filter(|e| e.info.principal == info.principal)
+                .count()
+                >= limit
+        {
+            return Err(format!(
+                "too many connections for principal {} (broker.max_connections_per_principal is {limit}): close some first",
+                info.principal
+            ));
+        }
         let close = Arc::new(tokio::sync::Notify::new());
-        lock(&self.0.connections).insert(
+        connections.insert(
             info.id,
             ConnectionEntry {
                 info,
                 close: close.clone(),
             },
         );
-        close
+        Ok(close)
     }
 
     /// Forgets a connection that ended.

@@ -254,6 +254,28 @@ pub async fn run_session<S>(
         Some(id) => Some(engine.claim_client_id(id, conn).await),
         None => None,
     };
+    // Listed by the admin API from here on; refused past the principal's connection limit.
+    let registered = engine.register_connection(crate::engine::ConnectionInfo {
+        id: conn,
+        peer: peer.to_string(),
+        principal: identity.principal.clone(),
+        client_id: client_id.clone(),
+        version: version.as_str(),
+        connected_at: postbus_model::now_ms(),
+        subscriptions: 0,
+        in_flight: 0,
+    });
+    let closed_by_operator = match registered {
+        Ok(signal) => signal,
+        Err(why) => {
+            tracing::warn!(conn, %peer, principal = %identity.principal, "{why}");
+            if let Some(id) = &client_id {
+                engine.release_client_id(id, conn);
+            }
+            let _ = writer.send(error_frame(&why, "", None)).await;
+            return;
+        }
+    };
     let mut connected = Frame::new(Command::Connected)
         .with_header("version", version.as_str())
         .with_header("server", concat!("postbus/", env!("CARGO_PKG_VERSION")))
@@ -273,6 +295,7 @@ pub async fn run_session<S>(
         if let Some(id) = &client_id {
             engine.release_client_id(id, conn);
         }
+        engine.deregister_connection(conn);
         return;
     }
     reader.decoder_mut().set_version(version);
@@ -304,17 +327,6 @@ pub async fn run_session<S>(
     let max_unconfirmed = engine.config().max_unconfirmed_frames.max(1);
     let read_timeout = want_beat.map(|d| d.mul_f64(engine.config().heartbeat_grace.max(1.0)));
     let kick = kick.unwrap_or_else(|| Arc::new(tokio::sync::Notify::new()));
-    let closed_by_operator = engine.register_connection(crate::engine::ConnectionInfo {
-        id: conn,
-        peer: peer.to_string(),
-        principal: s.identity.principal.clone(),
-        client_id: client_id.clone(),
-        version: version.as_str(),
-        connected_at: postbus_model::now_ms(),
-        subscriptions: 0,
-        in_flight: 0,
-    });
-
     // The trace id of the frame that ended the session, if it was traced.
     let mut ended_by: Option<String> = None;
     let end = loop {
