@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full fault suite (docs/reliability.md): every scenario of tests/tests/faults.rs with
-# 30 s of load either side of its fault, 10 broker kills, a 20 s pause of a broker and 15 s of a
-# PostgreSQL backend, then the results table of all of them. Each scenario starts its own
+# 30 s of load either side of its fault, 10 broker kills, a 20 s pause of a broker, 15 s of a
+# PostgreSQL backend and a 60 s cut of the database path, then the results table of them all. Each scenario starts its own
 # PostgreSQL cluster and postbusd on 127.0.0.1. The CI subset is the same tests with short
 # defaults, run by ops/scripts/test.sh.
 #
@@ -20,6 +20,7 @@ export FAULT_LOAD_S="${FAULT_LOAD_S:-30}"
 export FAULT_KILLS="${FAULT_KILLS:-10}"
 export FAULT_PAUSE_S="${FAULT_PAUSE_S:-20}"
 export FAULT_STOP_S="${FAULT_STOP_S:-15}"
+export FAULT_CUT_S="${FAULT_CUT_S:-60}"
 
 cargo build --bins -q
 status=0

@@ -602,3 +602,149 @@ async fn a_broker_on_a_database_without_fsync_says_receipts_are_not_durable() {
     }
     assert!(found, "{}", site.broker.log());
 }
+
+/// Whether this process may make network namespaces and nft tables (root, with `ip` and `nft`).
+fn can_cut_networks() -> bool {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    let has = |p: &str| {
+        std::process::Command::new(p)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    root && has("ip") && has("nft")
+}
+
+/// Runs the ignored test `inner` of this binary inside a private network namespace (only
+/// `lo`, up), so its PostgreSQL, broker and clients share a loopback nobody else uses and an
+/// nft table there cuts only their path.
+fn in_namespace(inner: &str) {
+    let ns = format!("postbus-fault-{}", std::process::id());
+    run(
+        {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "add", &ns]);
+            c
+        },
+        "ip netns add",
+    );
+    let result = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
+        .status()
+        .and_then(|_| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .arg(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", inner, "--nocapture"])
+                .env("FAULT_IN_NAMESPACE", &ns)
+                .status()
+        });
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status();
+    let status = result.expect("run the scenario in its namespace");
+    assert!(status.success(), "{inner} failed in namespace {ns}");
+}
+
+/// Drops every TCP packet to or from `port` (this namespace's loopback) until [`uncut`].
+fn cut(port: u16) {
+    let nft = |args: &[&str]| {
+        run(
+            {
+                let mut c = std::process::Command::new("nft");
+                c.args(args);
+                c
+            },
+            &format!("nft {}", args.join(" ")),
+        )
+    };
+    nft(&["add", "table", "inet", "postbus_cut"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "postbus_cut",
+        "out",
+        "{ type filter hook output priority 0 ; policy accept ; }",
+    ]);
+    for dir in ["dport", "sport"] {
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            "postbus_cut",
+            "out",
+            "tcp",
+            dir,
+            &port.to_string(),
+            "drop",
+        ]);
+    }
+}
+
+fn uncut() {
+    run(
+        {
+            let mut c = std::process::Command::new("nft");
+            c.args(["delete", "table", "inet", "postbus_cut"]);
+            c
+        },
+        "nft delete table",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_path_cut() {
+    if !can_cut_networks() {
+        eprintln!(
+            "SKIPPED database_path_cut: it needs root, ip and nft (apt-get install nftables) for its network namespace"
+        );
+        return;
+    }
+    tokio::task::block_in_place(|| in_namespace("database_path_cut_in_namespace"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by database_path_cut inside its own network namespace"]
+async fn database_path_cut_in_namespace() {
+    assert!(
+        std::env::var("FAULT_IN_NAMESPACE").is_ok(),
+        "run through database_path_cut, which makes the namespace"
+    );
+    let cut_s = env_u64("FAULT_CUT_S", 5);
+    let _one = SERIAL.lock().await;
+    let site = site().await;
+    let port = site.cluster.port();
+    let running = start(&load(&site.broker.addr));
+    let h = running.history.clone();
+    tokio::time::sleep(load_time()).await;
+    let fault_start = h.now();
+    cut(port);
+    tokio::time::sleep(Duration::from_secs(cut_s)).await;
+    uncut();
+    let fault_end = h.now();
+    tokio::time::sleep(load_time()).await;
+    let h = running.finish(Duration::from_secs(90)).await;
+    let r = ScenarioResult::of(
+        &format!("4. broker-database path cut {cut_s} s (nft)"),
+        &h,
+        fault_start,
+        fault_end,
+    );
+    let recovery = r.recovery_s;
+    let mut extra = String::new();
+    if !r.report.lost.is_empty() {
+        extra = where_are(&site.cluster, &r.report.lost);
+    }
+    conclude(r, &extra);
+    let recovery = recovery.expect("served again after the path came back");
+    assert!(
+        recovery <= 5.0,
+        "serving again within 5 s of the path coming back (took {recovery:.2} s)\n{}",
+        site.broker.log_tail()
+    );
+}

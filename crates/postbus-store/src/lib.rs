@@ -80,6 +80,10 @@ pub struct StoreConfig {
     pub pool_size: usize,
     /// How long to wait for a connection to be established.
     pub connect_timeout: Duration,
+    /// How long sent data may stay unacknowledged by the database's host before the
+    /// connection counts as broken (TCP_USER_TIMEOUT): a cut network path is noticed in this
+    /// time instead of TCP's retransmissions' quarter of an hour.
+    pub tcp_user_timeout: Duration,
 }
 
 impl StoreConfig {
@@ -88,6 +92,7 @@ impl StoreConfig {
             url: url.into(),
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),
+            tcp_user_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -120,6 +125,9 @@ impl Store {
         // A dead database path must be noticed, not waited on forever.
         pg.keepalives(true);
         pg.keepalives_idle(Duration::from_secs(10));
+        pg.keepalives_interval(Duration::from_secs(2));
+        pg.keepalives_retries(3);
+        pg.tcp_user_timeout(cfg.tcp_user_timeout);
         // JIT compilation costs more than it saves on the broker's short statements, and its
         // cost estimates once made a claim plan pay it on every execution.
         //

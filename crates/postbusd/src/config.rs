@@ -27,6 +27,9 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
+    /// How long data sent to PostgreSQL may go unacknowledged before the connection counts
+    /// as broken (TCP_USER_TIMEOUT), ms.
+    pub tcp_user_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -35,6 +38,7 @@ impl Default for DatabaseConfig {
             url: None,
             pool_size: 16,
             connect_timeout_ms: 5_000,
+            tcp_user_timeout_ms: 10_000,
         }
     }
 }

@@ -200,6 +200,7 @@ async fn serve(
     let mut store_cfg = StoreConfig::new(url.clone());
     store_cfg.pool_size = cfg.database.pool_size;
     store_cfg.connect_timeout = std::time::Duration::from_millis(cfg.database.connect_timeout_ms);
+    store_cfg.tcp_user_timeout = std::time::Duration::from_millis(cfg.database.tcp_user_timeout_ms);
     let store = Store::connect(&store_cfg)?;
     store.ping().await.context("cannot reach PostgreSQL")?;
     let applied = store
