@@ -25,10 +25,16 @@ fi
 export POSTBUS_PYTHON="$PWD/tests/.venv/bin/python"
 
 # The security tests make keys and certificates with openssl; the metrics tests check the
-# alert rules and a live /metrics with promtool (Debian package prometheus).
+# alert rules and a live /metrics with promtool (Debian package prometheus); as root, the
+# fault suite's network cut needs nft and ip (without root it says it skipped that scenario).
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# The fault suite cuts the broker's database path with nft inside a network namespace.
+if [ "$(id -u)" = 0 ]; then
+  command -v nft >/dev/null 2>&1 || need+=(nftables)
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
