@@ -748,3 +748,48 @@ async fn database_path_cut_in_namespace() {
         site.broker.log_tail()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_standby_walreceiver_stopped_10_s() {
+    // Commits wait for the standby while its walreceiver is stopped; postbus never cancels
+    // that wait, so no commit is reported successful without the standby (PostgreSQL's
+    // "canceling wait for synchronous replication"), and no RECEIPT goes out meanwhile.
+    let _one = SERIAL.lock().await;
+    let site = replicated(true).await;
+    let running = start(&load(&site.broker.addr));
+    let h = running.history.clone();
+    tokio::time::sleep(load_time()).await;
+    let pid: u32 = blocking(|| {
+        site.standby
+            .psql("postgres", "SELECT pid FROM pg_stat_wal_receiver")
+            .expect("the walreceiver")
+    })
+    .trim()
+    .parse()
+    .expect("a walreceiver pid");
+    let stop_s = env_u64("FAULT_WALRECEIVER_STOP_S", 10);
+    let fault_start = h.now();
+    signal(pid, "STOP");
+    tokio::time::sleep(Duration::from_secs(stop_s)).await;
+    let confirmed_while_stopped = h.p99_ms(fault_start + Duration::from_millis(500), h.now());
+    signal(pid, "CONT");
+    let fault_end = h.now();
+    tokio::time::sleep(load_time()).await;
+    let h = running.finish(Duration::from_secs(60)).await;
+    let r = ScenarioResult::of(
+        &format!("3g. synchronous standby's walreceiver SIGSTOPped {stop_s} s"),
+        &h,
+        fault_start,
+        fault_end,
+    );
+    let log = site.broker.log();
+    conclude(r, "");
+    assert!(
+        confirmed_while_stopped.is_none(),
+        "a COMMIT was confirmed while the synchronous standby could not confirm it"
+    );
+    assert!(
+        !log.contains("canceling wait for synchronous replication"),
+        "{log}"
+    );
+}
