@@ -693,6 +693,26 @@ impl Engine {
             .unwrap_or_else(|_| Err(WriteError::Failed("the broker is shutting down".into())))
     }
 
+    /// Writes a unit that gives messages this node holds back to their queue (a consumer gone,
+    /// claimed messages nobody can take, dead-letter moves), retrying until it commits or the
+    /// broker stops. Such a release is fenced by the node id (only rows this node still owns
+    /// change), so repeating it is safe; dropping it would leave the messages held by a live
+    /// node, undelivered until it restarts (found by the fault suite, scenario 3b).
+    pub async fn write_release(&self, conn: u64, unit: Unit) -> Result<UnitOutcome, WriteError> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.write(conn, unit.clone()).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if self.0.stopped.load(Ordering::SeqCst) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, releases = unit.releases.len(), "returning messages to their queue failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     /// The runtime of a queue, creating the queue first if `create` (and it does not exist).
     pub async fn queue(&self, name: &str, create: bool) -> Result<Arc<QueueRuntime>, EngineError> {
         if let Some(q) = self.lock_queues().by_name.get(name) {
@@ -1208,8 +1228,8 @@ impl Engine {
             releases,
             ..Default::default()
         };
-        if let Err(e) = self.write(0, unit).await {
-            tracing::error!(queue = %queue.name, error = %e, "moving messages to the dead-letter queue failed; they will be retried");
+        if let Err(e) = self.write_release(0, unit).await {
+            tracing::error!(queue = %queue.name, error = %e, "moving messages to the dead-letter queue failed at shutdown; they will be retried");
         }
     }
 
@@ -1224,7 +1244,7 @@ impl Engine {
             })
             .collect();
         if let Err(e) = self
-            .write(
+            .write_release(
                 0,
                 Unit {
                     releases,
@@ -1233,7 +1253,7 @@ impl Engine {
             )
             .await
         {
-            tracing::error!(queue = %queue.name, error = %e, "giving back claimed messages failed; they return when this node restarts");
+            tracing::error!(queue = %queue.name, error = %e, "giving back claimed messages failed at shutdown; they return when this node's peers or its restart release them");
         }
     }
 

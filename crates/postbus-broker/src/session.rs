@@ -1320,8 +1320,9 @@ impl Session {
                 increment: 0,
                 ..Default::default()
             }));
+            // Until it commits: the consumer is gone, so nobody else would return them.
             let result = engine
-                .write(
+                .write_release(
                     conn,
                     Unit {
                         releases,

@@ -47,7 +47,21 @@ impl StoreError {
     pub fn is_connection_error(&self) -> bool {
         match self {
             StoreError::Unavailable(_) | StoreError::UnknownOutcome(_) => true,
-            StoreError::Db(e) => e.is_closed() || e.as_db_error().is_none(),
+            StoreError::Db(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none_or(|db| {
+                        // The session was ended, or could not start, for reasons of the server,
+                        // not of the statement: a crashed backend's reset (57P02), a fast
+                        // shutdown (57P01), a server still recovering (57P03), any FATAL.
+                        // Found by the fault suite (scenario 3b): taken for refusals, the
+                        // writes of a recovering server's first seconds were not retried, and
+                        // a failed release left messages held by a live broker.
+                        let code = db.code().code();
+                        matches!(db.severity(), "FATAL" | "PANIC")
+                            || code.starts_with("08")
+                            || code.starts_with("57P")
+                    })
+            }
             _ => false,
         }
     }
