@@ -4,7 +4,14 @@
 //! Algorithm confusion is ruled out by construction: a key is only ever tried with the
 //! algorithms of its own family (an RSA public key is never used as an HMAC secret), an HMAC
 //! secret cannot be configured beside public keys, and `none` is not an algorithm at all.
+//!
+//! No key is ever fetched: this crate has no HTTP client (nor any other I/O), keys are the
+//! configured ones only, and a token that points at a key (`jku`, `x5u`), carries one (`jwk`,
+//! `x5c`), demands extensions (`crit`) or names its key with a path-like `kid` is refused
+//! before its signature is looked at (see [`Verifier::verify`]).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use jsonwebtoken::{AlgorithmFamily, errors::ErrorKind};
@@ -57,6 +64,8 @@ pub enum JwtError {
     Config(String),
     #[error("the token is not a JWT: {0}")]
     Malformed(String),
+    #[error("the token's header is refused: {0}")]
+    Header(String),
     #[error("the token's algorithm {0} is not accepted (accepted: {1})")]
     Algorithm(String, String),
     #[error("no configured key verifies the token's signature")]
@@ -103,6 +112,87 @@ fn family_algorithms(f: AlgorithmFamily) -> &'static [Algorithm] {
     }
 }
 
+/// Header parameters that point at a key (`jku`, `x5u`), carry one (`jwk`, `x5c`) or demand
+/// extensions (`crit`, RFC 7515 4.1.11): postbus uses configured keys only and implements no
+/// extension, so a token with any of them is refused, however it is signed.
+pub const REFUSED_HEADERS: [&str; 5] = ["jku", "x5u", "jwk", "x5c", "crit"];
+
+/// Whether a `kid` is a plain key name: ASCII letters, digits and `- _ . : = +` (which covers
+/// the base64, base64url, hex and UUID names identity providers use), and no `..`. Anything
+/// else, a path (`/`, `\`, `../`) above all, is refused: a kid is only ever compared with the
+/// configured keys' names, but it is also logged and audited, and must stay harmless if a
+/// future key store ever looks keys up by it.
+pub fn is_plain_kid(kid: &str) -> bool {
+    !kid.contains("..")
+        && kid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '=' | '+'))
+}
+
+/// At most this many characters of a token's own text go into an error message.
+const MAX_ECHO_CHARS: usize = 32;
+
+/// Client-supplied text for an error message: truncated, quoted and escaped (one line).
+fn echo(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((cut, _)) => format!("{:?}...", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+/// A JSON object that refuses duplicate member names: RFC 7515 4 lets a JWS parser either
+/// reject them or keep the last, and jsonwebtoken's own header parsing might keep another
+/// one than this check saw, so they are refused.
+struct UniqueObject(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueObject, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    if out.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "the header parameter {} appears twice",
+                            echo(&key)
+                        )));
+                    }
+                    out.insert(key, value);
+                }
+                Ok(UniqueObject(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// The token's header as a JSON object, read independently of jsonwebtoken so that every
+/// parameter it has (known to jsonwebtoken or not) can be checked.
+fn raw_header(token: &str) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed(
+            "a JWT is three base64url parts separated by dots".into(),
+        ));
+    };
+    let json = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|e| JwtError::Malformed(format!("the header is not base64url: {e}")))?;
+    serde_json::from_slice::<UniqueObject>(&json)
+        .map(|o| o.0)
+        .map_err(|e| JwtError::Malformed(format!("the header is not a JSON object: {e}")))
+}
+
 fn parse_pem(pem: &[u8]) -> Result<DecodingKey, JwtError> {
     DecodingKey::from_rsa_pem(pem)
         .or_else(|_| DecodingKey::from_ec_pem(pem))
@@ -133,6 +223,15 @@ impl Verifier {
                         let key = DecodingKey::from_jwk(jwk).map_err(|e| {
                             JwtError::Config(format!("a JWKS key cannot be used: {e}"))
                         })?;
+                        if let Some(kid) = &jwk.common.key_id
+                            && !is_plain_kid(kid)
+                        {
+                            return Err(JwtError::Config(format!(
+                                "the JWKS key id {} would never match: tokens whose kid is not \
+                                 letters, digits and - _ . : = + (no paths) are refused",
+                                echo(kid)
+                            )));
+                        }
                         keys.push(Key {
                             kid: jwk.common.key_id.clone(),
                             key,
@@ -205,7 +304,44 @@ impl Verifier {
     }
 
     /// Verifies `token` and returns who it names.
+    ///
+    /// Keys come only from the configuration: this crate has no HTTP client and fetches
+    /// nothing, so a `jku` or `x5u` URL is never followed, and a key carried in the token
+    /// (`jwk`, `x5c`) is never used. Such tokens, tokens demanding extensions (`crit`), tokens
+    /// with an unknown algorithm or `none`, and tokens whose `kid` is not a plain name (see
+    /// [`is_plain_kid`]) are refused before any signature is checked.
     pub fn verify(&self, token: &str) -> Result<Identity, JwtError> {
+        let raw = raw_header(token)?;
+        let alg = match raw.get("alg") {
+            Some(serde_json::Value::String(alg)) => alg,
+            Some(_) => return Err(JwtError::Malformed("the alg header is not a string".into())),
+            None => return Err(JwtError::Malformed("the header has no alg".into())),
+        };
+        // `none` (in any spelling) and unknown algorithms: the kind stays Malformed, as
+        // jsonwebtoken's header parsing would have it, with a message that says why.
+        if alg.parse::<Algorithm>().is_err() {
+            return Err(JwtError::Malformed(format!(
+                "its alg {} is no signature algorithm postbus knows (accepted: {})",
+                echo(alg),
+                self.allowed_names()
+            )));
+        }
+        // Refused rather than ignored, so a client learns at once that such a token will
+        // never work here.
+        if let Some(name) = REFUSED_HEADERS.iter().find(|h| raw.contains_key(**h)) {
+            return Err(JwtError::Header(format!(
+                "it has a {name} parameter, but postbus takes keys only from its \
+                 configuration and supports no header extensions (name a configured key with kid)"
+            )));
+        }
+        if let Some(kid) = raw.get("kid").and_then(|k| k.as_str())
+            && !is_plain_kid(kid)
+        {
+            return Err(JwtError::Header(
+                "its kid may hold only letters, digits and - _ . : = + (no paths, no \"..\")"
+                    .into(),
+            ));
+        }
         let header = decode_header(token).map_err(|e| JwtError::Malformed(e.to_string()))?;
         if !self.allowed.contains(&header.alg) {
             return Err(JwtError::Algorithm(
@@ -376,15 +512,94 @@ mod tests {
             "{}.{}.",
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0", "eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ"
         );
-        assert!(matches!(v.verify(&none), Err(JwtError::Malformed(_))));
+        assert!(
+            matches!(v.verify(&none), Err(JwtError::Malformed(m)) if m.contains("alg \"none\""))
+        );
         assert!(matches!(
             v.verify("not a token"),
             Err(JwtError::Malformed(_))
         ));
     }
 
+    /// A token with `header` (a JSON object) and good claims, correctly signed with SECRET.
+    fn signed_with_header(header: serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b64 = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let claims = serde_json::json!({"sub": "a", "exp": now() + 60});
+        let message = format!("{}.{}", b64(&header), b64(&claims));
+        let key = EncodingKey::from_secret(SECRET);
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{sig}")
+    }
+
+    #[test]
+    fn key_carrying_headers_and_path_kids_are_refused_even_when_signed() {
+        let v = verifier(JwtSettings::default());
+        let ok = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "key-1_2.3:4=+"});
+        assert!(v.verify(&signed_with_header(ok)).is_ok());
+        for (name, value) in [
+            ("jku", serde_json::json!("https://evil.example/jwks.json")),
+            ("x5u", serde_json::json!("https://evil.example/cert.pem")),
+            ("jwk", serde_json::json!({"kty": "oct", "k": "c2VjcmV0"})),
+            ("x5c", serde_json::json!(["MIIB"])),
+            ("crit", serde_json::json!(["b64"])),
+            ("jku", serde_json::Value::Null),
+        ] {
+            let mut h = serde_json::json!({"alg": "HS256"});
+            h[name] = value;
+            let e = v.verify(&signed_with_header(h)).unwrap_err();
+            assert!(
+                matches!(&e, JwtError::Header(m) if m.contains(name)),
+                "{name}: {e}"
+            );
+        }
+        for kid in [
+            "../keys/a",
+            "/etc/passwd",
+            "a\\b",
+            "..",
+            "a..b",
+            "k\n1",
+            "ключ",
+            "a b",
+        ] {
+            let h = serde_json::json!({"alg": "HS256", "kid": kid});
+            let e = v.verify(&signed_with_header(h)).unwrap_err();
+            assert!(matches!(e, JwtError::Header(_)), "{kid:?}: {e}");
+        }
+        for alg in ["none", "None", "HS999", ""] {
+            let h = serde_json::json!({"alg": alg});
+            let e = v.verify(&signed_with_header(h)).unwrap_err();
+            assert!(
+                matches!(&e, JwtError::Malformed(m) if m.contains("no signature algorithm")),
+                "{alg:?}: {e}"
+            );
+        }
+        // A duplicate parameter could be read one way here and another by jsonwebtoken.
+        let dup = r#"{"alg":"HS256","kid":"../x","kid":"ok"}"#;
+        let token = signed_with_header(serde_json::json!({"alg": "HS256"}));
+        let rest = token.split_once('.').unwrap().1;
+        use base64::Engine as _;
+        let e = v
+            .verify(&format!("{}.{rest}", URL_SAFE_NO_PAD.encode(dup)))
+            .unwrap_err();
+        assert!(
+            matches!(&e, JwtError::Malformed(m) if m.contains("twice")),
+            "{e}"
+        );
+        let long = "x".repeat(10_000);
+        let e = v.verify(&signed_with_header(serde_json::json!({"alg": long})));
+        assert!(e.unwrap_err().to_string().len() < 200);
+    }
+
     #[test]
     fn confusing_configurations_are_refused() {
+        let jwks = br#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "../k1",
+            "x": "64ciTx4IIG8SFTDklVuEHWoalxEiwhuFyb4U7lwp8fM"}]}"#;
+        assert!(matches!(
+            Verifier::new(JwtSettings::default(), &[KeyMaterial::Jwks(jwks.to_vec())]),
+            Err(JwtError::Config(m)) if m.contains("never match")
+        ));
         assert!(matches!(
             Verifier::new(JwtSettings::default(), &[]),
             Err(JwtError::Config(_))

@@ -5,7 +5,11 @@
 //!   configured keys, with an explicit algorithm allow-list, and yields an [`Identity`].
 //! - [`policy`]: the TOML policy language of `policies/`: who may do what to which
 //!   destinations; deny overrides allow, and nothing is allowed unless a rule allows it.
+//! - [`fuzzing`]: the checks of the `jwt_verify` and `policy_load` fuzz targets (fuzz/).
+//!
+//! The crate has no HTTP client: verification keys are only ever the configured ones.
 
+pub mod fuzzing;
 pub mod jwt;
 pub mod policy;
 

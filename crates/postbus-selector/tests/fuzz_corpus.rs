@@ -1,16 +1,56 @@
-//! Replays every committed fuzz corpus file (fuzz/corpus/selector_parse) through the fuzz
-//! target's checks, so CI exercises them on a stable toolchain. Running the fuzzer itself:
-//! `cargo +nightly fuzz run selector_parse -- -max_total_time=60` in fuzz/.
+//! Replays every committed fuzz input (fuzz/corpus/<target>/ and fuzz/regressions/<target>/)
+//! through the fuzz targets' own checks in `postbus_selector::fuzzing`, so a stable toolchain
+//! runs them too. Running the fuzzer itself: `ops/scripts/fuzz.sh` (needs nightly).
+
+use std::path::{Path, PathBuf};
+
+/// Runs `check` on every file of the target's corpus (which must hold at least `min_seeds`
+/// files) and regressions (which may be absent), and names every file that fails.
+fn replay(target: &str, min_seeds: usize, check: fn(&[u8])) {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let files = |dir: PathBuf, required: bool| -> Vec<PathBuf> {
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(e) if !required => {
+                assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{}", dir.display());
+                Vec::new()
+            }
+            Err(e) => panic!("{}: {e}", dir.display()),
+        }
+    };
+    let corpus = files(fuzz.join("corpus").join(target), true);
+    assert!(
+        corpus.len() >= min_seeds,
+        "expected at least {min_seeds} committed inputs for {target}, found {}",
+        corpus.len()
+    );
+    let regressions = files(fuzz.join("regressions").join(target), false);
+    let failed: Vec<String> = corpus
+        .iter()
+        .chain(&regressions)
+        .filter(|path| {
+            let data = std::fs::read(path).unwrap();
+            std::panic::catch_unwind(|| check(&data)).is_err()
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(failed.is_empty(), "{target}: failing inputs {failed:#?}");
+}
 
 #[test]
-fn committed_corpus_passes_the_fuzz_checks() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/selector_parse");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).expect("the committed corpus") {
-        let path = entry.unwrap().path();
-        postbus_selector::fuzzing::check(&std::fs::read(&path).unwrap());
-        n += 1;
-    }
-    assert!(n >= 10, "expected the committed seeds, found {n}");
+fn selector_parse_corpus_passes() {
+    replay(
+        "selector_parse",
+        10,
+        postbus_selector::fuzzing::selector_parse,
+    );
+}
+
+#[test]
+fn selector_eval_corpus_passes() {
+    replay(
+        "selector_eval",
+        20,
+        postbus_selector::fuzzing::selector_eval,
+    );
 }

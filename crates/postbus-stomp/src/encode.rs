@@ -11,7 +11,8 @@ const CONTENT_LENGTH: &str = "content-length";
 /// Appends `frame` to `out` in wire form for a connection at `version`.
 ///
 /// Headers are written in order, escaped per the version's rules (none for
-/// 1.0 and for CONNECT/STOMP/CONNECTED). `content-length` is managed here so
+/// 1.0 and for CONNECT/STOMP/CONNECTED; there a newline, and a colon in a
+/// name, cannot be written and become spaces). `content-length` is managed here so
 /// the receiver can frame binary bodies containing NUL: it is always made to
 /// equal the body length. The first `content-length` header is rewritten in
 /// place if wrong, later ones are dropped (a reader that honours the last
@@ -54,9 +55,9 @@ pub fn encode_frame(frame: &Frame, version: Version, out: &mut BytesMut) {
 }
 
 fn write_header(out: &mut BytesMut, name: &str, value: &str, rules: Escaping) {
-    write_escaped(out, name, rules);
+    write_escaped(out, name, rules, true);
     out.put_u8(b':');
-    write_escaped(out, value, rules);
+    write_escaped(out, value, rules, false);
     out.put_u8(b'\n');
 }
 
@@ -122,7 +123,7 @@ mod tests {
             b"MESSAGE\nk\\c\\\\:v\\n\\r\\c\n\n\0"
         );
         assert_eq!(enc(&f, Version::V1_1), b"MESSAGE\nk\\c\\\\:v\\n\r\\c\n\n\0");
-        assert_eq!(enc(&f, Version::V1_0), b"MESSAGE\nk:\\:v \r:\n\n\0");
+        assert_eq!(enc(&f, Version::V1_0), b"MESSAGE\nk \\:v \r:\n\n\0");
     }
 
     #[test]

@@ -63,16 +63,20 @@ pub(crate) fn unescape(s: &str, rules: Escaping) -> Result<String, CodecError> {
     Ok(out)
 }
 
-/// Writes a header name or value, escaped per `rules`.
+/// Writes a header name (`is_name`) or value, escaped per `rules`.
 ///
 /// Where a character cannot be escaped, the choice is driven by keeping the
 /// frame parseable: a raw `\n` would end the header line early and let a
 /// value inject headers (or end the header block), so without escaping it is
-/// written as a space. A `\r` without the 1.2 escape is written raw: it is a
-/// legal octet there, and at worst a reader drops it when it is the last
-/// character of a line (CRLF rule).
-pub(crate) fn write_escaped(out: &mut BytesMut, s: &str, rules: Escaping) {
+/// written as a space; so is a `:` in a name, which would otherwise end the
+/// name early (`a:b` relayed to a 1.0 consumer would read as header `a`, and
+/// a name that is just `:` as an empty name, a fatal error for the reader).
+/// A `\r` without the 1.2 escape is written raw: it is a legal octet there,
+/// and at worst a reader drops it when it is the last character of a line
+/// (CRLF rule).
+pub(crate) fn write_escaped(out: &mut BytesMut, s: &str, rules: Escaping, is_name: bool) {
     let special: &[u8] = match rules {
+        Escaping::None if is_name => b"\n:",
         Escaping::None => b"\n",
         Escaping::V1_1 => b"\n:\\",
         Escaping::V1_2 => b"\n\r:\\",
@@ -85,6 +89,7 @@ pub(crate) fn write_escaped(out: &mut BytesMut, s: &str, rules: Escaping) {
     for &b in bytes {
         match (b, rules) {
             (b'\n', Escaping::None) => out.put_u8(b' '),
+            (b':', Escaping::None) if is_name => out.put_u8(b' '),
             (b'\n', _) => out.extend_from_slice(b"\\n"),
             (b'\r', Escaping::V1_2) => out.extend_from_slice(b"\\r"),
             (b':', Escaping::V1_1 | Escaping::V1_2) => out.extend_from_slice(b"\\c"),
@@ -100,7 +105,7 @@ mod tests {
 
     fn esc(s: &str, rules: Escaping) -> String {
         let mut out = BytesMut::new();
-        write_escaped(&mut out, s, rules);
+        write_escaped(&mut out, s, rules, false);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -131,6 +136,12 @@ mod tests {
         assert_eq!(esc("a\nb:c\\d\re", Escaping::V1_1), "a\\nb\\cc\\\\d\re");
         assert_eq!(esc("a\nb:c\\d\re", Escaping::None), "a b:c\\d\re");
         assert_eq!(esc("plain", Escaping::V1_2), "plain");
+        let mut name = BytesMut::new();
+        write_escaped(&mut name, "a:b\nc", Escaping::None, true);
+        assert_eq!(&name[..], b"a b c");
+        let mut name = BytesMut::new();
+        write_escaped(&mut name, "a:b", Escaping::V1_1, true);
+        assert_eq!(&name[..], b"a\\cb");
     }
 
     #[test]

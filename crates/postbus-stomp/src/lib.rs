@@ -35,6 +35,7 @@ mod encode;
 mod error;
 mod escape;
 mod frame;
+pub mod fuzzing;
 
 pub use codec::{Limits, StompCodec};
 pub use command::{Command, Version, negotiate_version};
