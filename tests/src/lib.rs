@@ -102,7 +102,9 @@ fn spawn_watchdog(cluster: &Cluster) {
         .spawn();
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (PostgreSQL then runs as `postgres`; network namespaces
+/// and nft tables are allowed).
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

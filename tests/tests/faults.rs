@@ -80,9 +80,9 @@ fn load_on(addrs: &[&str]) -> Load {
     }
 }
 
-/// Prints the row, appends it to `FAULT_RESULTS` if set, and asserts the pass criteria.
-fn conclude(r: ScenarioResult, extra: &str) {
-    let t = table(std::slice::from_ref(&r));
+/// Prints the row with `extra`, and appends the row to `FAULT_RESULTS` if that is set.
+fn report(r: &ScenarioResult, extra: &str) {
+    let t = table(std::slice::from_ref(r));
     eprintln!("{t}{extra}");
     if let Ok(path) = std::env::var("FAULT_RESULTS") {
         use std::io::Write;
@@ -95,6 +95,11 @@ fn conclude(r: ScenarioResult, extra: &str) {
             let _ = writeln!(f, "{row}");
         }
     }
+}
+
+/// Reports the row and asserts the pass criteria.
+fn conclude(r: ScenarioResult, extra: &str) {
+    report(&r, extra);
     assert!(r.report.sent_ok > 0, "the load sent nothing: {r:?}");
     assert!(r.passed(), "{}: {:#?}", r.name, r.report);
 }
@@ -316,11 +321,7 @@ async fn postgres_backend_sigstopped_mid_transaction() {
 
 /// A command as the PostgreSQL server's user (PostgreSQL refuses to run as root).
 fn as_postgres(program: &std::path::Path) -> std::process::Command {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
+    let root = postbus_tests::is_root();
     let mut c = if root {
         let mut c = std::process::Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -512,18 +513,10 @@ async fn postgres_primary_killed_and_asynchronous_standby_promoted() {
     // be undone: postbus cannot prevent that (docs/reliability.md), so those are reported.
     // Nothing may be invented or reordered.
     let (r, _) = failover(false).await;
-    let t = table(std::slice::from_ref(&r));
-    eprintln!("{t}(asynchronous: lost and redelivered-after-ack are reported, not failures)");
-    if let Ok(path) = std::env::var("FAULT_RESULTS") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{}", t.lines().nth(2).unwrap_or_default());
-        }
-    }
+    report(
+        &r,
+        "(asynchronous: lost and redelivered-after-ack are reported, not failures)\n",
+    );
     assert!(r.report.sent_ok > 0);
     assert!(r.report.unexpected.is_empty(), "{:#?}", r.report);
     assert!(r.report.group_order.is_empty(), "{:#?}", r.report);
@@ -605,11 +598,7 @@ async fn a_broker_on_a_database_without_fsync_says_receipts_are_not_durable() {
 
 /// Whether this process may make network namespaces and nft tables (root, with `ip` and `nft`).
 fn can_cut_networks() -> bool {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
+    let root = postbus_tests::is_root();
     let has = |p: &str| {
         std::process::Command::new(p)
             .arg("-V")

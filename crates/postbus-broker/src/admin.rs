@@ -388,11 +388,7 @@ fn bad_request(detail: impl Into<String>) -> Problem {
 
 /// A request body as JSON, with a 400 that names what is wrong.
 fn body_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| bad_request(format!("the request body is not valid for this call: {e}")))
+    crate::http::json_body(body).map_err(bad_request)
 }
 
 /// Queue settings to change: what is left out stays as it is; `null` clears the dead-letter
@@ -553,13 +549,9 @@ fn message_json(m: &postbus_store::ManagedMessage, with_body: bool) -> serde_jso
         "size": m.size,
     });
     if with_body {
-        match std::str::from_utf8(&msg.body) {
-            Ok(text) => v["body"] = json!(text),
-            Err(_) => {
-                use base64::Engine as _;
-                v["body_base64"] =
-                    json!(base64::engine::general_purpose::STANDARD.encode(&msg.body))
-            }
+        match crate::rest::body_as_json(&msg.body) {
+            (Some(text), _) => v["body"] = json!(text),
+            (None, b64) => v["body_base64"] = json!(b64),
         }
     }
     v
@@ -618,7 +610,9 @@ fn no_message(name: &str, id: i64) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
         "no such message",
-        format!("queue {name} holds no message {id} (acknowledged, moved or expired?)"),
+        format!(
+            "queue {name} holds no message {id} (acknowledged, moved or expired?): list what it holds with GET /v1/admin/queues/{name}/messages"
+        ),
     )
 }
 

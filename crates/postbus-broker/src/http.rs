@@ -222,15 +222,19 @@ fn authorize(
 /// The request body as JSON, with a 400 that says what is wrong (axum's own rejection text
 /// is kept: it names the field and the position).
 fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Failure> {
+    json_body(body).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))
+}
+
+/// A request body as JSON (an empty body is the call's defaults), or why it is not, naming
+/// the field and the position (the messaging and the admin API both read bodies this way).
+pub(crate) fn json_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        Failure(
-            StatusCode::BAD_REQUEST,
-            format!("the request body is not valid JSON for this call: {e}"),
-        )
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| format!("the request body is not valid JSON for this call: {e}"))
 }
 
 async fn send_to(

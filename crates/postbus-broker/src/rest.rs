@@ -112,15 +112,20 @@ pub struct Received {
     pub body_base64: Option<String>,
 }
 
+/// A body as JSON shows it: (text, when it is UTF-8; else base64).
+pub fn body_as_json(body: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(body) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(body)),
+        ),
+    }
+}
+
 impl From<LeasedMessage> for Received {
     fn from(message: LeasedMessage) -> Self {
-        let (body, body_base64) = match String::from_utf8(message.body.clone()) {
-            Ok(text) => (Some(text), None),
-            Err(e) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
-            ),
-        };
+        let (body, body_base64) = body_as_json(&message.body);
         Received {
             message,
             body,

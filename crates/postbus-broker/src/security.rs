@@ -58,11 +58,6 @@ impl Security {
         self
     }
 
-    /// The directory the policies come from, if they come from files.
-    pub fn policy_dir(&self) -> Option<&Path> {
-        self.policy_dir.as_deref()
-    }
-
     /// Reads the policy directory again and puts it in force; returns the rule count. A
     /// directory that does not parse keeps the policies in force and says why.
     pub fn reload_policies(&self) -> Result<usize, String> {

@@ -8,7 +8,7 @@
 //! target queues in their own transaction, so every broker's dispatcher claims them before
 //! fresh messages skip the table again (ARCHITECTURE, step 4).
 
-use postbus_model::{DestinationKind, QueueSettings, StoredMessage};
+use postbus_model::{QueueSettings, StoredMessage};
 use postbus_selector::Selector;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -337,14 +337,6 @@ impl Store {
         tx.commit().await?;
         d.auto_created = false;
         Ok(Some(d))
-    }
-
-    /// A queue's id by name.
-    pub async fn queue_id(&self, name: &str) -> Result<Option<i32>, StoreError> {
-        Ok(self
-            .find_destination(DestinationKind::Queue, name)
-            .await?
-            .map(|d| d.id))
     }
 }
 
