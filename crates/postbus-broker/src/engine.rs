@@ -515,7 +515,7 @@ impl Engine {
         m.db_query
             .with_label_values(&["depth"])
             .observe(started.elapsed().as_secs_f64());
-        let now = postbus_model::now_ms();
+        let now = postbus_store::clock::now_ms();
         // What fan-out compares with subscriptions' depth limits.
         let ids: Vec<i32> = stats.iter().map(|s| s.id).collect();
         let depths: Vec<i64> = stats
@@ -1186,7 +1186,7 @@ impl Engine {
         }
         let delay = queue.settings().redelivery_delay(count);
         if delay > 0 {
-            row.ready_at = Some(postbus_model::now_ms() + delay);
+            row.ready_at = Some(postbus_store::clock::now_ms() + delay);
         }
         row
     }
@@ -1344,7 +1344,7 @@ impl Engine {
             weak.clone(),
             Duration::from_secs(10),
             |engine| async move {
-                let before = postbus_model::now_ms() - 10_000;
+                let before = postbus_store::clock::now_ms() - 10_000;
                 if let Err(e) = engine.0.store.sweep_payloads(before).await {
                     tracing::warn!(error = %e, "payload sweep failed");
                 }
@@ -1374,7 +1374,11 @@ impl Engine {
         let lease = Duration::from_millis(self.0.config.node_lease_ms as u64);
         tokio::spawn(periodic(weak.clone(), lease / 4, |engine| async move {
             match engine.0.store.heartbeat(engine.0.node).await {
-                Ok(true) => {}
+                Ok(true) => engine
+                    .0
+                    .metrics
+                    .db_clock_skew
+                    .set(postbus_store::clock::skew_ms() as f64 / 1000.0),
                 // Deregistered by our own shutdown: not a verdict of the peers.
                 Ok(false) if engine.0.stopped.load(Ordering::SeqCst) => {}
                 Ok(false) => {

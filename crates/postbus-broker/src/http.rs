@@ -262,7 +262,7 @@ async fn send_to(
     }
     let req: SendRequest = parse(body)?;
     // JMSXUserID is the authenticated principal, whatever the request says.
-    let message = rest::new_message(req, Some(&who.principal), postbus_model::now_ms())?;
+    let message = rest::new_message(req, Some(&who.principal), postbus_store::clock::now_ms())?;
     let sent = rest::send(engine, &destination, message).await?;
     let status = if sent.duplicate {
         StatusCode::OK

@@ -72,6 +72,7 @@ pub struct Metrics {
     pub db_synchronous_commit: IntGaugeVec,
     pub db_sync_standbys: IntGauge,
     pub receipts_durable: IntGauge,
+    pub db_clock_skew: Gauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -299,6 +300,15 @@ impl Metrics {
                 "postbus_receipts_durable",
                 "1 when a RECEIPT means the commit is flushed (and on a synchronous standby when one is named); 0 when the settings say otherwise (see the broker's log).",
             ),
+            db_clock_skew: {
+                let g = Gauge::new(
+                    "postbus_database_clock_skew_seconds",
+                    "How far the database's clock, which postbus keeps time by, is ahead of this host's (negative: behind), as of the last node heartbeat.",
+                )
+                .expect("a valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             tls_expiry: Gauge::new(
                 "postbus_tls_certificate_expiry_timestamp_seconds",
                 "When the listeners' TLS certificate expires (absent without TLS).",

@@ -769,6 +769,24 @@ impl QueueRuntime {
         self.lock().release_epoch
     }
 
+    /// The row that sends `message` to this queue (addressed as `destination`), with the
+    /// dedup window and message auditing of the settings in force (read once).
+    pub fn insert_row(
+        &self,
+        message: postbus_model::NewMessage,
+        destination: &postbus_model::Destination,
+    ) -> postbus_store::InsertRow {
+        let settings = self.settings();
+        postbus_store::InsertRow {
+            queue_id: self.id,
+            dedup_window_ms: settings.dedup_window_ms,
+            message,
+            pre_claimed: false,
+            topic: None,
+            audited: settings.audit_messages.then(|| destination.to_stomp()),
+        }
+    }
+
     /// The settings in force.
     pub fn settings(&self) -> Arc<QueueSettings> {
         self.settings

@@ -226,25 +226,11 @@ pub async fn send(
     let row = match destination.kind {
         DestinationKind::Queue => {
             let q = engine.resolve_send_target(destination).await?;
-            InsertRow {
-                queue_id: q.id,
-                dedup_window_ms: q.settings().dedup_window_ms,
-                message,
-                pre_claimed: false,
-                topic: None,
-                audited: q.settings().audit_messages.then(|| destination.to_stomp()),
-            }
+            q.insert_row(message, destination)
         }
         DestinationKind::TempQueue => {
             let q = engine.temp_queue(&destination.name, false).await?;
-            InsertRow {
-                queue_id: q.id,
-                dedup_window_ms: q.settings().dedup_window_ms,
-                message,
-                pre_claimed: false,
-                topic: None,
-                audited: q.settings().audit_messages.then(|| destination.to_stomp()),
-            }
+            q.insert_row(message, destination)
         }
         DestinationKind::Topic => {
             let t = engine.topic(&destination.name).await?;

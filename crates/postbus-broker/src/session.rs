@@ -261,7 +261,7 @@ pub async fn run_session<S>(
         principal: identity.principal.clone(),
         client_id: client_id.clone(),
         version: version.as_str(),
-        connected_at: postbus_model::now_ms(),
+        connected_at: postbus_store::clock::now_ms(),
         subscriptions: 0,
         in_flight: 0,
     });
@@ -773,7 +773,7 @@ impl Session {
         let mut req = match parse_send(
             frame,
             Some(self.identity.principal.as_str()),
-            postbus_model::now_ms(),
+            postbus_store::clock::now_ms(),
         ) {
             Ok(req) => req,
             Err(e) => return Some(End::error(e, receipt.as_deref())),
@@ -827,17 +827,7 @@ impl Session {
                     Ok(q) => q,
                     Err(e) => return Some(End::error(e, receipt.as_deref())),
                 };
-                let row = InsertRow {
-                    queue_id: queue.id,
-                    dedup_window_ms: queue.settings().dedup_window_ms,
-                    message: req.message,
-                    pre_claimed: false,
-                    topic: None,
-                    audited: queue
-                        .settings()
-                        .audit_messages
-                        .then(|| req.destination.to_stomp()),
-                };
+                let row = queue.insert_row(req.message, &req.destination);
                 (row, Some(queue))
             }
             DestinationKind::Topic => {
@@ -1738,7 +1728,7 @@ impl Session {
             d.queue.counters.redelivered.inc();
         }
         m.enqueue_to_delivery
-            .observe((postbus_model::now_ms() - d.message.sent_at).max(0) as f64 / 1000.0);
+            .observe((postbus_store::clock::now_ms() - d.message.sent_at).max(0) as f64 / 1000.0);
         if sub.ack == AckMode::Auto {
             let note = AutoAckNote {
                 queue: d.queue.clone(),

@@ -254,7 +254,7 @@ fn traced_messages(batch: &[Request]) -> Vec<(String, Option<String>)> {
 /// dispatched from memory after the commit, with no claim statement and no read-back. Grouped
 /// and delayed messages always go through the table.
 fn pre_claim(batch: &mut [Request], observer: &dyn CommitObserver) {
-    let now = postbus_model::now_ms();
+    let now = postbus_store::clock::now_ms();
     let mut per_queue: std::collections::BTreeMap<i32, Vec<(usize, usize)>> = Default::default();
     for (ri, r) in batch.iter().enumerate() {
         for (ii, row) in r.unit.inserts.iter().enumerate() {

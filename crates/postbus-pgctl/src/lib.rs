@@ -374,6 +374,8 @@ pub struct Cluster {
     run_as: Option<(u32, u32)>,
     stop_on_drop: bool,
     drop_mode: StopMode,
+    /// Environment given to the server when it starts (see [`Cluster::set_server_env`]).
+    server_env: Vec<(String, String)>,
     /// Dropped after `Drop::drop` stopped the server.
     temp: Option<TempDir>,
 }
@@ -425,6 +427,7 @@ impl Cluster {
             port_file: None,
             run_as,
             stop_on_drop: true,
+            server_env: Vec::new(),
             drop_mode: StopMode::Immediate,
             temp: Some(temp),
         };
@@ -550,6 +553,7 @@ impl Cluster {
             data_dir,
             run_as,
             stop_on_drop: false,
+            server_env: Vec::new(),
             drop_mode: StopMode::Fast,
             temp: None,
         };
@@ -600,6 +604,12 @@ impl Cluster {
     /// persistent ones by default). Persistent clusters are stopped with [`StopMode::Fast`].
     pub fn set_stop_on_drop(&mut self, stop: bool) {
         self.stop_on_drop = stop;
+    }
+
+    /// Environment variables for the server from its next start on (for example LD_PRELOAD
+    /// and FAKETIME_* to run it under libfaketime); an empty list starts it plainly again.
+    pub fn set_server_env(&mut self, env: Vec<(String, String)>) {
+        self.server_env = env;
     }
 
     /// Starts the server (`pg_ctl start -w`) and waits until it accepts connections. A no-op
@@ -1048,6 +1058,7 @@ impl Cluster {
             post_opts.push_str(" -c listen_addresses=127.0.0.1");
         }
         let mut cmd = self.server_command("pg_ctl");
+        cmd.envs(self.server_env.iter().map(|(k, v)| (k, v)));
         cmd.arg("start").arg("-D").arg(&self.data_dir).args([
             "-w",
             "-t",

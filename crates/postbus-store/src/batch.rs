@@ -253,7 +253,7 @@ impl Store {
         batch: &WriteBatch,
         excluded: &HashMap<usize, UnitOutcome>,
     ) -> Result<Step, StoreError> {
-        let now = postbus_model::now_ms();
+        let now = crate::clock::now_ms();
         let live: Vec<(usize, &Unit)> = batch
             .units
             .iter()
@@ -657,7 +657,7 @@ impl<'a> Columns<'a> {
     }
 
     fn from_parts(rows: &[ColumnRow<'a>]) -> Self {
-        let now = postbus_model::now_ms();
+        let now = crate::clock::now_ms();
         let m = |r: &ColumnRow<'a>| -> &'a NewMessage { r.2 };
         Columns {
             queue: rows.iter().map(|r| r.0).collect(),
@@ -851,7 +851,7 @@ async fn insert_copies(
         }
         let id: Vec<i64> = c.payloads.iter().map(|(id, _)| *id).collect();
         let body: Vec<&[u8]> = c.payloads.iter().map(|(_, b)| *b).collect();
-        let at = vec![postbus_model::now_ms(); id.len()];
+        let at = vec![crate::clock::now_ms(); id.len()];
         let stmt = client.prepare_cached(queries::INSERT_PAYLOADS).await?;
         client.execute(&stmt, &[&id, &body, &at]).await?;
         Ok(())

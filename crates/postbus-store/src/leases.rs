@@ -216,7 +216,7 @@ impl Store {
         // selector that matches little on a deep queue from holding the whole queue.
         for _ in 0..SELECTIVE_ROUNDS {
             let want = (max as usize - accepted) as i64;
-            let now = postbus_model::now_ms();
+            let now = crate::clock::now_ms();
             let mut params: Vec<&(dyn ToSql + Sync)> =
                 vec![&lease, &queue_id, &want, &now, &rejected];
             params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));

@@ -8,6 +8,7 @@
 mod admin;
 pub mod audit;
 mod batch;
+pub mod clock;
 mod error;
 mod fanout;
 mod leases;

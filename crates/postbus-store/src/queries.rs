@@ -255,10 +255,14 @@ pub const SWEEP_DEDUP: &str = "DELETE FROM postbus.dedup WHERE expires_at <= $1"
 pub const SWEEP_CLIENT_TX: &str =
     "DELETE FROM postbus.client_transactions WHERE committed_at <= $1";
 
-pub const REGISTER_NODE: &str = "INSERT INTO postbus.nodes (name, hostname, pid, lease_ms) VALUES ($1, $2, $3, $4) RETURNING id";
+/// Also reads the database's clock (`crate::clock`).
+pub const REGISTER_NODE: &str = "INSERT INTO postbus.nodes (name, hostname, pid, lease_ms) VALUES ($1, $2, $3, $4) \
+     RETURNING id, postbus.now_ms()";
 
-/// A live node renews its lease; no row means it was declared dead and must stop acting.
-pub const HEARTBEAT: &str = "UPDATE postbus.nodes SET heartbeat_at = now() WHERE id = $1";
+/// A live node renews its lease and reads the database's clock; no row means it was declared
+/// dead and must stop acting.
+pub const HEARTBEAT: &str =
+    "UPDATE postbus.nodes SET heartbeat_at = now() WHERE id = $1 RETURNING postbus.now_ms()";
 
 /// Declares dead the nodes whose lease ran out (and earlier incarnations of this node's name)
 /// and returns their in-flight messages for redelivery, in one statement: a reaper that dies

@@ -3,7 +3,9 @@
 use postbus_model::{MessageId, Properties, StoredMessage};
 use tokio_postgres::Row;
 
-use crate::{NodeId, Store, StoreError, queries};
+use std::time::Instant;
+
+use crate::{NodeId, Store, StoreError, clock, queries};
 
 /// Builds a delivered message from a row selected with [`queries::MESSAGE_COLUMNS`].
 /// Messages from rows selected with [`queries::MESSAGE_COLUMNS`], in delivery order: grouped
@@ -88,7 +90,7 @@ impl Store {
     pub async fn has_ready(&self, queue_id: i32) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(queries::HAS_READY).await?;
-        let now = postbus_model::now_ms();
+        let now = crate::clock::now_ms();
         Ok(client.query_one(&stmt, &[&queue_id, &now]).await?.get(0))
     }
 
@@ -107,7 +109,7 @@ impl Store {
         };
         let sql = format!("{claim}{}", queries::MESSAGE_COLUMNS);
         let stmt = client.prepare_cached(&sql).await?;
-        let now = postbus_model::now_ms();
+        let now = crate::clock::now_ms();
         let rows = client
             .query(&stmt, &[&node.0, &queue_id, &limit, &now])
             .await?;
@@ -143,7 +145,7 @@ impl Store {
     /// Makes scheduled messages whose time has come deliverable; returns the queues touched.
     pub async fn promote_scheduled(&self) -> Result<Vec<i32>, StoreError> {
         let client = self.client().await?;
-        let now = postbus_model::now_ms();
+        let now = crate::clock::now_ms();
         let rows = client.query(queries::PROMOTE_SCHEDULED, &[&now]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -159,7 +161,7 @@ impl Store {
         F: AsyncFnMut(&str) -> Result<i32, StoreError>,
     {
         let mut client = self.client().await?;
-        let now = postbus_model::now_ms();
+        let now = crate::clock::now_ms();
         let tx = client.transaction().await?;
         let found: Vec<ExpiredMessage> = tx
             .query(queries::EXPIRED, &[&now, &limit])
@@ -204,7 +206,7 @@ impl Store {
     /// Forgets dedup ids and committed client transactions older than their windows.
     pub async fn sweep_records(&self, client_tx_window_ms: i64) -> Result<(u64, u64), StoreError> {
         let client = self.client().await?;
-        let now = postbus_model::now_ms();
+        let now = crate::clock::now_ms();
         let dedup = client.execute(queries::SWEEP_DEDUP, &[&now]).await?;
         let cutoff = now - client_tx_window_ms;
         let txs = client.execute(queries::SWEEP_CLIENT_TX, &[&cutoff]).await?;
@@ -233,16 +235,24 @@ impl Store {
     ) -> Result<NodeId, StoreError> {
         let client = self.client().await?;
         let pid = std::process::id() as i32;
+        let sent = Instant::now();
         let row = client
             .query_one(queries::REGISTER_NODE, &[&name, &hostname, &pid, &lease_ms])
             .await?;
+        clock::observed(row.get(1), sent, Instant::now());
         Ok(NodeId(row.get(0)))
     }
 
-    /// Renews the node's lease. `Ok(false)`: the node was declared dead and must stop acting.
+    /// Renews the node's lease and observes the database's clock. `Ok(false)`: the node was
+    /// declared dead and must stop acting.
     pub async fn heartbeat(&self, node: NodeId) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        Ok(client.execute(queries::HEARTBEAT, &[&node.0]).await? == 1)
+        let sent = Instant::now();
+        let Some(row) = client.query_opt(queries::HEARTBEAT, &[&node.0]).await? else {
+            return Ok(false);
+        };
+        clock::observed(row.get(0), sent, Instant::now());
+        Ok(true)
     }
 
     /// Declares dead the nodes whose lease ran out (and earlier incarnations of `name`) and

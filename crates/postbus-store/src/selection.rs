@@ -64,7 +64,7 @@ impl Store {
         let client = self.client().await?;
         let sql = queries::browse(filter.map_or("true", |f| f.sql.as_str()), grouped);
         let stmt = client.prepare_cached(&sql).await?;
-        let now = postbus_model::now_ms();
+        let now = crate::clock::now_ms();
         let mut params: Vec<&(dyn ToSql + Sync)> =
             vec![&queue_id, &now, &limit, &after.0, &after.1];
         if let Some(f) = filter {
@@ -88,7 +88,7 @@ impl Store {
         let client = self.client().await?;
         let sql = queries::claim_selected(&filter.sql);
         let stmt = client.prepare_cached(&sql).await?;
-        let now = postbus_model::now_ms();
+        let now = crate::clock::now_ms();
         let exclude = exclude.to_vec();
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&node.0, &queue_id, &limit, &now, &exclude];
         params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
