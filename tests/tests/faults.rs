@@ -39,6 +39,11 @@ struct Site {
 }
 
 async fn site() -> Site {
+    site_with(&[]).await
+}
+
+/// [`site`], with more environment for the broker.
+async fn site_with(broker_env: &[(&str, &str)]) -> Site {
     let cluster = tokio::task::spawn_blocking(|| {
         let mut c = Cluster::temporary(ClusterOptions {
             fsync: false,
@@ -52,15 +57,14 @@ async fn site() -> Site {
     })
     .await
     .unwrap();
-    let broker = BrokerProcess::spawn(
-        &cluster.url("faults"),
-        &[
-            ("POSTBUS_BROKER_NODE_LEASE_MS", "3000"),
-            ("POSTBUS_BROKER_WRITE_RETRY_MS", "20000"),
-        ],
-    )
-    .await
-    .expect("start postbusd");
+    let mut env = vec![
+        ("POSTBUS_BROKER_NODE_LEASE_MS", "3000"),
+        ("POSTBUS_BROKER_WRITE_RETRY_MS", "20000"),
+    ];
+    env.extend_from_slice(broker_env);
+    let broker = BrokerProcess::spawn(&cluster.url("faults"), &env)
+        .await
+        .expect("start postbusd");
     Site { cluster, broker }
 }
 
@@ -781,4 +785,542 @@ async fn synchronous_standby_walreceiver_stopped_10_s() {
         !log.contains("canceling wait for synchronous replication"),
         "{log}"
     );
+}
+
+/// libfaketime's preload library (Debian package faketime), if installed.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    let dirs = std::fs::read_dir("/usr/lib").ok()?;
+    dirs.filter_map(Result::ok)
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .chain([std::path::PathBuf::from(
+            "/usr/lib/faketime/libfaketime.so.1",
+        )])
+        .find(|p| p.exists())
+}
+
+/// A clock offset file for libfaketime (`+0`, `+1h`, `-1h`, `+1d`...), read at every call
+/// (FAKETIME_NO_CACHE); the monotonic clock stays real (FAKETIME_DONT_FAKE_MONOTONIC).
+struct FakeClock {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl FakeClock {
+    fn new(lib: &std::path::Path) -> FakeClock {
+        let dir = tempfile::Builder::new()
+            .prefix("postbus-faketime-")
+            .tempdir()
+            .expect("a directory for the clock file");
+        // The postgres user reads it too.
+        let _ = std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        );
+        let file = dir.path().join("offset");
+        let env = vec![
+            ("LD_PRELOAD".into(), lib.display().to_string()),
+            ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+            ("FAKETIME_NO_CACHE".into(), "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ];
+        let clock = FakeClock { dir, env };
+        clock.set("+0");
+        clock
+    }
+
+    /// Steps the faked clock to `offset` from the real time (atomically: a reader never sees
+    /// a half-written file).
+    fn set(&self, offset: &str) {
+        let tmp = self.dir.path().join("offset.new");
+        std::fs::write(&tmp, format!("{offset}\n")).expect("write the clock file");
+        let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        std::fs::rename(&tmp, self.dir.path().join("offset")).expect("replace the clock file");
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+}
+
+/// Where the clock scenarios' probes go: delayed messages are consumed as they become due;
+/// expiring ones wait unconsumed in a queue whose expired messages move to `clock.expired`.
+const DELAYED: &str = "/queue/clock.delayed";
+const EXPIRING: &str = "/queue/clock.expiring";
+const EXPIRED: &str = "/queue/clock.expired";
+
+async fn create_expiring_queue(url: &str) {
+    let store = postbus_store::Store::connect(&postbus_store::StoreConfig::new(url.to_owned()))
+        .expect("a store");
+    let settings = postbus_model::QueueSettings {
+        expiry_queue: Some("clock.expired".into()),
+        ..Default::default()
+    };
+    store
+        .create_destination(
+            postbus_model::DestinationKind::Queue,
+            "clock.expiring",
+            &settings,
+            false,
+        )
+        .await
+        .expect("create the expiring queue");
+}
+
+/// A consumer of [`DELAYED`] that notes when each probe (its body) arrived.
+fn delayed_consumer(
+    addr: String,
+) -> (
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let arrived = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let seen = arrived.clone();
+    let task = tokio::spawn(async move {
+        let mut c = postbus_tests::connect(&addr).await;
+        c.subscribe(DELAYED, "d", "auto", &[])
+            .await
+            .expect("subscribe");
+        loop {
+            let m = c.recv().await.expect("a delayed probe");
+            seen.lock()
+                .unwrap()
+                .insert(postbus_tests::body(&m), Instant::now());
+        }
+    });
+    (arrived, task)
+}
+
+/// Every message of `queue` that arrives within `quiet` of the previous one (bodies).
+async fn drain_bodies(addr: &str, queue: &str, quiet: Duration) -> Vec<String> {
+    let mut c = postbus_tests::connect(addr).await;
+    c.subscribe(queue, "x", "auto", &[])
+        .await
+        .expect("subscribe");
+    let mut got = Vec::new();
+    while let Some(m) = c.recv_timeout(quiet).await.expect("receive") {
+        got.push(postbus_tests::body(&m));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_clock_jumps() {
+    // postbus keeps time by the database's clock (docs/semantics.md), so stepping the broker
+    // host's wall clock must change nothing: delayed messages come when due in real time and
+    // expiring ones do not expire early.
+    let Some(lib) = libfaketime() else {
+        eprintln!("SKIPPED broker_clock_jumps: it needs libfaketime (apt-get install faketime)");
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let clock = FakeClock::new(&lib);
+    let site = site_with(&clock.env()).await;
+    let addr = site.broker.addr.clone();
+    create_expiring_queue(&site.cluster.url("faults")).await;
+    let running = start(&load(&addr));
+    let h = running.history.clone();
+    let (arrived, consumer) = delayed_consumer(addr.clone());
+    tokio::time::sleep(load_time()).await;
+    let fault_start = h.now();
+    let mut producer = postbus_tests::connect(&addr).await;
+    let mut sent = Vec::new();
+    for (i, step) in ["+1d", "-1h", "+1h", "-1d", "+0"].iter().enumerate() {
+        let name = format!("probe-{i}");
+        producer
+            .send(DELAYED, name.clone(), &[("delay", "3000")])
+            .await
+            .expect("send a delayed probe");
+        sent.push((name.clone(), Instant::now()));
+        producer
+            .send(EXPIRING, name, &[("ttl", "600000")])
+            .await
+            .expect("send an expiring probe");
+        clock.set(step);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
+    let fault_end = h.now();
+    tokio::time::sleep(load_time()).await;
+    let h = running.finish(Duration::from_secs(60)).await;
+    consumer.abort();
+    let r = ScenarioResult::of(
+        "7a. broker clock stepped +1d, -1h, +1h, -1d",
+        &h,
+        fault_start,
+        fault_end,
+    );
+    let mut late = Vec::new();
+    {
+        let arrived = arrived.lock().unwrap();
+        for (name, at) in &sent {
+            match arrived.get(name) {
+                Some(t) => {
+                    let after = t.duration_since(*at).as_secs_f64();
+                    if !(2.8..=8.0).contains(&after) {
+                        late.push(format!("{name} after {after:.2} s"));
+                    }
+                }
+                None => late.push(format!("{name} never")),
+            }
+        }
+    }
+    let kept = drain_bodies(&addr, EXPIRING, Duration::from_secs(2)).await;
+    let expired = drain_bodies(&addr, EXPIRED, Duration::from_millis(500)).await;
+    conclude(
+        r,
+        &format!(
+            "delayed probes off their 3 s: {late:?}; expiring probes kept {} of {}, expired {expired:?}\n",
+            kept.len(),
+            sent.len()
+        ),
+    );
+    assert!(
+        late.is_empty(),
+        "delayed probes not delivered 3 s after sending: {late:?}"
+    );
+    assert_eq!(
+        kept.len(),
+        sent.len(),
+        "expiring probes (10 min ttl) expired: {expired:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_clock_jumps() {
+    // The database's clock is the one postbus keeps time by: when it steps forward, messages
+    // delayed or expiring within the step become due or expire (expired ones move to the
+    // expiry queue: nothing is lost); when it steps back, scheduled messages wait the longer.
+    let Some(lib) = libfaketime() else {
+        eprintln!("SKIPPED database_clock_jumps: it needs libfaketime (apt-get install faketime)");
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let clock = FakeClock::new(&lib);
+    let server_env = clock
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<Vec<_>>();
+    let mut site = site().await;
+    blocking(|| {
+        site.cluster.set_server_env(server_env);
+        site.cluster
+            .restart()
+            .expect("restart PostgreSQL under libfaketime");
+    });
+    let addr = site.broker.addr.clone();
+    create_expiring_queue(&site.cluster.url("faults")).await;
+    let running = start(&load(&addr));
+    let h = running.history.clone();
+    let (arrived, consumer) = delayed_consumer(addr.clone());
+    tokio::time::sleep(load_time()).await;
+    let fault_start = h.now();
+    let mut producer = postbus_tests::connect(&addr).await;
+    // Due in 2 h, expiring in 2 h: both fall inside a step of a day.
+    producer
+        .send(DELAYED, "in-2-h", &[("delay", "7200000")])
+        .await
+        .expect("send");
+    producer
+        .send(EXPIRING, "for-2-h", &[("ttl", "7200000")])
+        .await
+        .expect("send");
+    let stepped = Instant::now();
+    clock.set("+1d");
+    let mut due = None;
+    let mut expired = Vec::new();
+    let mut moved_out = postbus_tests::connect(&addr).await;
+    moved_out
+        .subscribe(EXPIRED, "e", "auto", &[])
+        .await
+        .expect("subscribe");
+    while stepped.elapsed() < Duration::from_secs(15) && (due.is_none() || expired.is_empty()) {
+        if let Some(m) = moved_out
+            .recv_timeout(Duration::from_millis(200))
+            .await
+            .expect("receive")
+        {
+            assert_eq!(m.header("dlq-reason"), Some("expired"));
+            expired.push(postbus_tests::body(&m));
+        }
+        if due.is_none() {
+            due = arrived
+                .lock()
+                .unwrap()
+                .get("in-2-h")
+                .map(|t| t.duration_since(stepped).as_secs_f64());
+        }
+    }
+    // A step back: a message due in 3 s on the stepped clock now waits a day and 3 s, and is
+    // still there; stepping forward again releases it.
+    producer
+        .send(DELAYED, "in-3-s", &[("delay", "3000")])
+        .await
+        .expect("send");
+    clock.set("+0");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let early = arrived.lock().unwrap().contains_key("in-3-s");
+    clock.set("+1d");
+    let released = Instant::now();
+    let mut late = None;
+    while released.elapsed() < Duration::from_secs(15) {
+        if let Some(t) = arrived.lock().unwrap().get("in-3-s") {
+            late = Some(t.duration_since(released).as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fault_end = h.now();
+    tokio::time::sleep(load_time()).await;
+    let h = running.finish(Duration::from_secs(60)).await;
+    consumer.abort();
+    let r = ScenarioResult::of(
+        "7b. database clock stepped +1d, -1d, +1d",
+        &h,
+        fault_start,
+        fault_end,
+    );
+    let log = site.broker.log();
+    conclude(
+        r,
+        &format!(
+            "after +1d: 2-h delayed message due after {due:?} s, 2-h ttl message expired: {expired:?}; \
+             after -1d a 3-s delayed message came early: {early}; after +1d again it came after {late:?} s\n"
+        ),
+    );
+    assert!(
+        due.is_some(),
+        "a message delayed 2 h was not due after the clock stepped a day"
+    );
+    assert_eq!(
+        expired,
+        ["for-2-h"],
+        "a message with a 2 h ttl did not expire (to its expiry queue) after a step of a day"
+    );
+    assert!(
+        !early,
+        "a step back of the database clock did not postpone a scheduled message"
+    );
+    assert!(
+        late.is_some(),
+        "the postponed message was not delivered when the clock came back"
+    );
+    assert!(
+        log.contains("the database's clock stepped"),
+        "the broker did not log the step: {}",
+        site.broker.log_tail()
+    );
+}
+
+/// A small ext4 file system on a loop device (`truncate`, `mkfs.ext4`, `mount -o loop`),
+/// unmounted and removed on drop.
+struct LoopDisk {
+    root: tempfile::TempDir,
+}
+
+impl LoopDisk {
+    /// `mb` megabytes, or why not (not root, no loop devices).
+    fn new(mb: u64) -> Result<LoopDisk, String> {
+        if !postbus_tests::is_root() {
+            return Err("it needs root to mount a loop device".into());
+        }
+        let root = tempfile::Builder::new()
+            .prefix("postbus-disk-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let image = root.path().join("disk.img");
+        let mount = root.path().join("mnt");
+        std::fs::create_dir(&mount).map_err(|e| e.to_string())?;
+        let sh = |program: &str, args: &[&std::ffi::OsStr]| -> Result<(), String> {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| format!("{program}: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{program} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        sh(
+            "truncate",
+            &["-s".as_ref(), format!("{mb}M").as_ref(), image.as_os_str()],
+        )?;
+        // No blocks reserved for root: the filler and PostgreSQL see the same free space.
+        sh(
+            "mkfs.ext4",
+            &[
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-m".as_ref(),
+                "0".as_ref(),
+                image.as_os_str(),
+            ],
+        )?;
+        sh(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+                mount.as_os_str(),
+            ],
+        )?;
+        let _ = std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        );
+        Ok(LoopDisk { root })
+    }
+
+    fn mount(&self) -> std::path::PathBuf {
+        self.root.path().join("mnt")
+    }
+
+    fn filler(&self) -> std::path::PathBuf {
+        self.mount().join("filler")
+    }
+
+    /// Writes a file until the file system is full; returns the bytes written.
+    fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.filler()).expect("create the filler");
+        let mut written = 0u64;
+        for chunk in [1 << 20, 4096, 512] {
+            let block = vec![0u8; chunk];
+            while f.write_all(&block).and_then(|_| f.sync_data()).is_ok() {
+                written += chunk as u64;
+            }
+        }
+        written
+    }
+
+    fn free(&self) {
+        let _ = std::fs::remove_file(self.filler());
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let mount = self.mount();
+        let ok = std::process::Command::new("umount")
+            .arg(&mount)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&mount)
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full() {
+    let disk = match LoopDisk::new(env_u64("FAULT_DISK_MB", 200)) {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("SKIPPED disk_full: {why}");
+            return;
+        }
+    };
+    let _one = SERIAL.lock().await;
+    let data = disk.mount().join("data");
+    let mut cluster = blocking(|| {
+        let mut c = Cluster::open_or_init(
+            &data,
+            ClusterOptions {
+                port: postbus_pgctl::free_port(),
+                fsync: false,
+                extra_conf: vec![
+                    ("max_connections".into(), "100".into()),
+                    // New WAL segments are created rather than recycled, and the WAL is
+                    // kept small: running out of space hits the WAL (a PANIC), as in a
+                    // real full disk, and not only table files (an ERROR).
+                    ("wal_recycle".into(), "off".into()),
+                    ("min_wal_size".into(), "32MB".into()),
+                    ("max_wal_size".into(), "48MB".into()),
+                ],
+                ..Default::default()
+            },
+        )
+        .expect("a PostgreSQL cluster on the loop disk");
+        c.set_stop_on_drop(true);
+        c.create_database("faults").expect("create the database");
+        c
+    });
+    let broker = BrokerProcess::spawn(
+        &cluster.url("faults"),
+        &[
+            ("POSTBUS_BROKER_NODE_LEASE_MS", "3000"),
+            ("POSTBUS_BROKER_WRITE_RETRY_MS", "20000"),
+        ],
+    )
+    .await
+    .expect("start postbusd");
+    let running = start(&load(&broker.addr));
+    let h = running.history.clone();
+    tokio::time::sleep(load_time()).await;
+    let fault_start = h.now();
+    let filled = blocking(|| disk.fill());
+    // The disk stays full until PostgreSQL goes down or FAULT_FULL_S pass.
+    let full_for = Duration::from_secs(env_u64("FAULT_FULL_S", 10));
+    let full_since = Instant::now();
+    while full_since.elapsed() < full_for && blocking(|| cluster.is_running()) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let went_down = !blocking(|| cluster.is_running());
+    // Confirmed while full and (if it crashed) down: must all survive, the checker says.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    blocking(|| {
+        disk.free();
+        if !cluster.is_running() {
+            cluster
+                .start()
+                .expect("restart PostgreSQL after freeing space");
+        }
+    });
+    let fault_end = h.now();
+    tokio::time::sleep(load_time()).await;
+    let h = running.finish(Duration::from_secs(90)).await;
+    let r = ScenarioResult::of(
+        "6. disk full (200 MB loop mount), freed and restarted",
+        &h,
+        fault_start,
+        fault_end,
+    );
+    // The server's own log is on the full disk, so what it says may be lost; the broker's
+    // log says what the writes met.
+    let server_log = cluster.log_tail(400);
+    let panicked = server_log.contains("PANIC");
+    let broker_log = broker.log();
+    let refused = broker_log.contains("No space left on device");
+    let recovery = r.recovery_s;
+    let mut extra = format!(
+        "filler {} MB; PostgreSQL reported no space: {refused}, PANICked: {panicked}, was down: {went_down}\n",
+        filled >> 20
+    );
+    if !r.report.lost.is_empty() {
+        extra += &where_are(&cluster, &r.report.lost);
+    }
+    conclude(r, &extra);
+    assert!(
+        refused,
+        "the broker never met a full disk: {}",
+        broker.log_tail()
+    );
+    let recovery = recovery.expect("served again after the space came back");
+    assert!(
+        recovery <= 5.0,
+        "serving again within 5 s of PostgreSQL accepting connections (took {recovery:.2} s)\n{}",
+        broker.log_tail()
+    );
+    drop(broker);
+    drop(cluster);
 }

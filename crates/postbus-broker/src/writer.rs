@@ -332,7 +332,7 @@ async fn write_and_reply(
     let result = write_with_retry(store, &batch, retry_for).await;
     if let Err(e) = &result
         && batch.units.len() > 1
-        && !e.is_connection_error()
+        && !e.is_retryable()
     {
         // One unit's statement was refused (e.g. its queue was deleted meanwhile): run the
         // units one by one so only that unit's client gets the error.
@@ -397,7 +397,7 @@ async fn write_units_alone(
                 .pop()
                 .unwrap_or(UnitOutcome::Rejected("no outcome".into()))),
             Err(StoreError::UnknownOutcome(m)) => Err(WriteError::Unknown(m)),
-            Err(e) if e.is_connection_error() => Err(WriteError::Failed(e.to_string())),
+            Err(e) if e.is_retryable() => Err(WriteError::Failed(e.to_string())),
             Err(e) => Ok(UnitOutcome::Rejected(format!(
                 "refused by the database: {e}"
             ))),
@@ -406,8 +406,9 @@ async fn write_units_alone(
     outcomes
 }
 
-/// Retries a batch that failed before COMMIT because the database was unreachable: nothing of
-/// it was written, so running it again cannot duplicate anything.
+/// Retries a batch that failed before COMMIT because the database was unreachable or lacked a
+/// resource (a full disk): nothing of it was written, so running it again cannot duplicate
+/// anything.
 async fn write_with_retry(
     store: &Store,
     batch: &WriteBatch,
@@ -419,8 +420,8 @@ async fn write_with_retry(
         match store.write_batch(batch).await {
             Ok(o) => return Ok(o),
             Err(e @ StoreError::UnknownOutcome(_)) => return Err(e),
-            Err(e) if e.is_connection_error() && Instant::now() < deadline => {
-                tracing::warn!(error = %e, "database unreachable; retrying the batch");
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tracing::warn!(error = %e, "database unreachable or out of a resource; retrying the batch");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }

@@ -7,7 +7,7 @@ pub enum StoreError {
     Config(String),
     #[error("database unavailable: {0} (check that PostgreSQL is running and the URL is right)")]
     Unavailable(String),
-    #[error("database error: {0}")]
+    #[error("database error: {}", pg_error_text(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error(
         "the outcome of a commit is unknown: the connection broke during COMMIT and the transaction's status could not be read ({0})"
@@ -64,5 +64,37 @@ impl StoreError {
             }
             _ => false,
         }
+    }
+
+    /// True when running the same statements again later may succeed: the connection broke,
+    /// or the server lacked a resource (class 53: disk full, out of memory, too many
+    /// connections). A writer retries those for a while, as a broker whose store is full
+    /// holds its producers back, instead of refusing at once.
+    pub fn is_retryable(&self) -> bool {
+        self.is_connection_error()
+            || matches!(self, StoreError::Db(e) if e.as_db_error().is_some_and(|db| db.code().code().starts_with("53")))
+    }
+}
+
+/// What PostgreSQL said: severity, SQLSTATE, message and detail (tokio-postgres's own text
+/// is only "db error" for a server error).
+fn pg_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            if db.code().code() == "53100" {
+                text.push_str(
+                    "; the database server's disk is full: free space there, nothing was stored",
+                );
+            }
+            text
+        }
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
