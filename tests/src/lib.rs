@@ -548,3 +548,38 @@ pub fn ed25519_keys(dir: &std::path::Path, name: &str) -> (Vec<u8>, Vec<u8>) {
         std::fs::read(public).unwrap(),
     )
 }
+
+/// A well-behaved client's round trips on `/queue/steady` (SEND with receipt, then receive
+/// and ack it, every 5 ms), each with its start time, until `stop`: the "other clients" whose
+/// p99 the hostile-client test and fault scenario 8 compare before and during an abuse.
+pub async fn steady_client(
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(std::time::Instant, Duration)> {
+    let mut c = connect(&addr).await;
+    c.subscribe("/queue/steady", "s", "client-individual", &[])
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let t = std::time::Instant::now();
+        c.send("/queue/steady", format!("m{i}"), &[]).await.unwrap();
+        let m = c.recv().await.unwrap();
+        c.ack(&m, None).await.unwrap();
+        out.push((t, t.elapsed()));
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    out
+}
+
+/// The 99th percentile of `samples` (nearest rank); zero for none.
+pub fn p99(samples: &[Duration]) -> Duration {
+    let mut v = samples.to_vec();
+    v.sort();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use postbus_tests::{BrokerProcess, connect, fresh_database};
+use postbus_tests::{BrokerProcess, fresh_database, p99, steady_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -41,32 +41,6 @@ async fn read_error_after(s: &mut TcpStream, mut buf: Vec<u8>) -> String {
         .find(|l| l.starts_with("message:"))
         .unwrap_or("")
         .replace("\\c", ":")
-}
-
-/// A well-behaved client's round trips (SEND with receipt, then receive and ack it), timed.
-async fn steady_client(addr: String, stop: Arc<AtomicBool>) -> Vec<(Instant, Duration)> {
-    let mut c = connect(&addr).await;
-    c.subscribe("/queue/steady", "s", "client-individual", &[])
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let mut i = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        let t = Instant::now();
-        c.send("/queue/steady", format!("m{i}"), &[]).await.unwrap();
-        let m = c.recv().await.unwrap();
-        c.ack(&m, None).await.unwrap();
-        out.push((t, t.elapsed()));
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    out
-}
-
-fn p99(samples: &[Duration]) -> Duration {
-    let mut v = samples.to_vec();
-    v.sort();
-    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 fn peak_rss_kb(pid: u32) -> u64 {

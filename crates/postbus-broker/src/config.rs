@@ -44,6 +44,10 @@ pub struct BrokerConfig {
     pub heartbeat_grace: f64,
     /// Time a new connection has to send CONNECT, ms.
     pub connect_timeout_ms: u64,
+    /// Most CONNECT frames processed at once (authentication, registration, the CONNECTED
+    /// answer); the rest wait their turn. A storm of new connections then cannot queue
+    /// thousands of handshakes in front of the established sessions' work.
+    pub max_concurrent_handshakes: usize,
     /// Group-commit batches committing in parallel.
     pub writers: usize,
     /// Most units (sends, acks, commits) in one group commit.
@@ -105,6 +109,7 @@ impl Default for BrokerConfig {
             heartbeat_ms: 10_000,
             heartbeat_grace: 2.0,
             connect_timeout_ms: 10_000,
+            max_concurrent_handshakes: 16,
             writers: 2,
             max_batch_units: 1_000,
             max_batch_bytes: 16 * 1024 * 1024,

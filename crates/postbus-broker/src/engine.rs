@@ -70,7 +70,9 @@ struct Inner {
     /// meanwhile (then the copy runs again).
     fanning_out: Mutex<HashMap<i32, bool>>,
     /// This broker's STOMP connections (what the admin API lists and closes).
-    connections: Mutex<HashMap<u64, ConnectionEntry>>,
+    connections: Mutex<Connections>,
+    /// Handshakes in progress ([`BrokerConfig::max_concurrent_handshakes`]).
+    handshakes: Arc<tokio::sync::Semaphore>,
     /// Audit records on their way to the chain (written in batches by a background task).
     audit: Arc<AuditQueue>,
     /// Set by [`Engine::shutdown`]: background jobs stop (a deregistered node must not take
@@ -94,6 +96,14 @@ pub struct ConnectionInfo {
     /// Filled in when listed: its consumers and the messages in flight to them.
     pub subscriptions: usize,
     pub in_flight: usize,
+}
+
+/// The registered connections, and how many each principal has (checked on every CONNECT, so
+/// counted as they come and go rather than by a scan).
+#[derive(Default)]
+struct Connections {
+    by_id: HashMap<u64, ConnectionEntry>,
+    per_principal: HashMap<String, usize>,
 }
 
 struct ConnectionEntry {
@@ -386,6 +396,9 @@ impl Engine {
             config.metrics_max_destinations,
             config.max_connections,
         ));
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_handshakes.max(1),
+        ));
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let limits = WriterLimits {
                 max_in_flight: config.writers,
@@ -414,7 +427,8 @@ impl Engine {
                 clients: Mutex::new(Clients::default()),
                 receivers: Mutex::new(HashMap::new()),
                 fanning_out: Mutex::new(HashMap::new()),
-                connections: Mutex::new(HashMap::new()),
+                connections: Mutex::new(Connections::default()),
+                handshakes,
                 audit: audit.clone(),
                 stopped: std::sync::atomic::AtomicBool::new(false),
                 metrics,
@@ -1025,20 +1039,22 @@ impl Engine {
     ) -> Result<Arc<tokio::sync::Notify>, String> {
         let limit = self.0.config.max_connections_per_principal;
         let mut connections = lock(&self.0.connections);
-        if limit > 0
-            && connections
-                .values()
-                .filter(|e| e.info.principal == info.principal)
-                .count()
-                >= limit
-        {
+        let count = connections
+            .per_principal
+            .get(&info.principal)
+            .copied()
+            .unwrap_or(0);
+        if limit > 0 && count >= limit {
             return Err(format!(
                 "too many connections for principal {} (broker.max_connections_per_principal is {limit}): close some first",
                 info.principal
             ));
         }
         let close = Arc::new(tokio::sync::Notify::new());
-        connections.insert(
+        connections
+            .per_principal
+            .insert(info.principal.clone(), count + 1);
+        connections.by_id.insert(
             info.id,
             ConnectionEntry {
                 info,
@@ -1050,13 +1066,35 @@ impl Engine {
 
     /// Forgets a connection that ended.
     pub fn deregister_connection(&self, conn: u64) {
-        lock(&self.0.connections).remove(&conn);
+        let mut connections = lock(&self.0.connections);
+        let Some(entry) = connections.by_id.remove(&conn) else {
+            return;
+        };
+        let principal = entry.info.principal;
+        if let Some(n) = connections.per_principal.get_mut(&principal) {
+            *n -= 1;
+            if *n == 0 {
+                connections.per_principal.remove(&principal);
+            }
+        }
+    }
+
+    /// Waits for a turn to process a CONNECT ([`BrokerConfig::max_concurrent_handshakes`]);
+    /// the turn ends when the permit is dropped.
+    pub async fn handshake_turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.0
+            .handshakes
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the handshake semaphore is never closed")
     }
 
     /// This broker's connections, with their consumer and in-flight counts.
     pub fn connections(&self) -> Vec<ConnectionInfo> {
         let consumers = self.consumers();
         let mut list: Vec<ConnectionInfo> = lock(&self.0.connections)
+            .by_id
             .values()
             .map(|e| e.info.clone())
             .collect();
@@ -1072,7 +1110,7 @@ impl Engine {
 
     /// Closes connection `conn` (its client gets an ERROR frame); false if there is none.
     pub fn close_connection(&self, conn: u64) -> bool {
-        match lock(&self.0.connections).get(&conn) {
+        match lock(&self.0.connections).by_id.get(&conn) {
             Some(e) => {
                 e.close.notify_one();
                 true

@@ -37,6 +37,9 @@ pub async fn serve_stomp_with(engine: Engine, listener: TcpListener, tls: Option
             }
         };
         let _ = socket.set_nodelay(true);
+        // One connection per turn of the scheduler: in a storm of new connections the
+        // established sessions' work runs between them, not behind thousands of them.
+        tokio::task::yield_now().await;
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let engine = engine.clone();

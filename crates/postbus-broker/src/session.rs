@@ -185,6 +185,11 @@ pub async fn run_session<S>(
             return;
         }
     };
+    // Authentication, registration and the answer wait for a turn: a storm of new
+    // connections then runs a few handshakes at a time beside the established sessions
+    // instead of thousands ahead of them. The turn ends when `turn` is dropped: after
+    // CONNECTED is sent, or with the refusal.
+    let mut turn = engine.handshake_turn().await;
     if !matches!(first.command, Command::Connect | Command::Stomp) {
         let msg = format!(
             "expected CONNECT or STOMP as the first frame, got {}",
@@ -231,17 +236,6 @@ pub async fn run_session<S>(
             return;
         }
     };
-    engine.audit(
-        AuditRecord::new("connect")
-            .principal(identity.principal.clone())
-            .detail(serde_json::json!({
-                "peer": peer.to_string(),
-                "connection": conn,
-                "client_id": client_id,
-                "roles": identity.roles,
-                "certificate": cert_principal.is_some(),
-            })),
-    );
     // A token that expires while connected ends the session then.
     let expires = identity.expires_at.map(|exp| {
         let now = std::time::SystemTime::now()
@@ -251,7 +245,14 @@ pub async fn run_session<S>(
         tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
     });
     let kick = match &client_id {
-        Some(id) => Some(engine.claim_client_id(id, conn).await),
+        Some(id) => {
+            // Waiting for an older session with this client id to end is not work: the turn
+            // goes back meanwhile.
+            drop(turn);
+            let kick = engine.claim_client_id(id, conn).await;
+            turn = engine.handshake_turn().await;
+            Some(kick)
+        }
         None => None,
     };
     // Listed by the admin API from here on; refused past the principal's connection limit.
@@ -269,6 +270,15 @@ pub async fn run_session<S>(
         Ok(signal) => signal,
         Err(why) => {
             tracing::warn!(conn, %peer, principal = %identity.principal, "{why}");
+            engine.audit(
+                AuditRecord::new("connect.refused")
+                    .principal(identity.principal.clone())
+                    .detail(serde_json::json!({
+                        "peer": peer.to_string(),
+                        "client_id": client_id,
+                        "reason": why,
+                    })),
+            );
             if let Some(id) = &client_id {
                 engine.release_client_id(id, conn);
             }
@@ -298,6 +308,18 @@ pub async fn run_session<S>(
         engine.deregister_connection(conn);
         return;
     }
+    drop(turn);
+    engine.audit(
+        AuditRecord::new("connect")
+            .principal(identity.principal.clone())
+            .detail(serde_json::json!({
+                "peer": peer.to_string(),
+                "connection": conn,
+                "client_id": client_id,
+                "roles": identity.roles,
+                "certificate": cert_principal.is_some(),
+            })),
+    );
     reader.decoder_mut().set_version(version);
     writer.encoder_mut().set_version(version);
     tracing::debug!(conn, %peer, version = version.as_str(), "connected");

@@ -110,6 +110,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    raise_open_files_limit(cfg.broker.max_connections);
     let security = security::build(&cfg.security)?;
     let tls = security::tls(&cfg.security)?;
 
@@ -139,6 +140,26 @@ fn main() -> anyhow::Result<()> {
     drop(runtime);
     drop(dev_cluster);
     result
+}
+
+/// Raises the soft limit on open files to the hard limit: every client connection takes a
+/// file descriptor, and `broker.max_connections` (10,000 by default) is far above the soft
+/// limit of 1,024 that many systems start a process with. Past the limit, accepts fail
+/// (logged, retried) instead of being refused with an ERROR that names the limit.
+fn raise_open_files_limit(max_connections: usize) {
+    // Beside the connections: the database pool, listeners, log and metrics files.
+    let wanted = max_connections as u64 + 256;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            open_files = limit,
+            max_connections,
+            "the open-files limit is below broker.max_connections: connections past it fail \
+             to be accepted; raise the hard limit (LimitNOFILE= in the systemd unit, ulimit -Hn) \
+             or lower broker.max_connections"
+        ),
+        Ok(limit) => tracing::info!(open_files = limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-files limit"),
+    }
 }
 
 fn init_logging(format: &str) {
