@@ -1318,9 +1318,15 @@ async fn disk_full() {
     }
     conclude(r, &extra);
     assert!(
-        refused,
-        "the broker never met a full disk: {}",
+        refused || panicked,
+        "neither the broker nor PostgreSQL met the full disk: {}",
         broker.log_tail()
+    );
+    assert!(
+        went_down,
+        "PostgreSQL did not go down on the full disk within FAULT_FULL_S, so the scenario did not \
+         run as described: {}",
+        cluster.log_tail(40)
     );
     let recovery = recovery.expect("served again after the space came back");
     assert!(
