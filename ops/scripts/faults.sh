@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The full fault suite (docs/reliability.md): every scenario of tests/tests/faults.rs with
 # 30 s of load either side of its fault, 10 broker kills, a 20 s pause of a broker, 15 s of a
-# PostgreSQL backend and a 60 s cut of the database path, then the results table of them all. Each scenario starts its own
+# PostgreSQL backend, a 60 s cut of the database path, a full disk, clock steps, and 100,000
+# messages queued behind a consumer that never acks followed by 5,000 connections at once,
+# then the results table of them all. Each scenario starts its own
 # PostgreSQL cluster and postbusd on 127.0.0.1. The CI subset is the same tests with short
 # defaults, run by ops/scripts/test.sh.
 #
@@ -21,6 +23,8 @@ export FAULT_KILLS="${FAULT_KILLS:-10}"
 export FAULT_PAUSE_S="${FAULT_PAUSE_S:-20}"
 export FAULT_STOP_S="${FAULT_STOP_S:-15}"
 export FAULT_CUT_S="${FAULT_CUT_S:-60}"
+export FAULT_BACKLOG="${FAULT_BACKLOG:-100000}"
+export FAULT_STORM="${FAULT_STORM:-5000}"
 
 cargo build --bins -q
 status=0

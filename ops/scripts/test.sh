@@ -26,7 +26,8 @@ export POSTBUS_PYTHON="$PWD/tests/.venv/bin/python"
 
 # The security tests make keys and certificates with openssl; the metrics tests check the
 # alert rules and a live /metrics with promtool (Debian package prometheus); as root, the
-# fault suite's network cut needs nft and ip (without root it says it skipped that scenario).
+# fault suite's network cut needs nft and ip, its clock jumps libfaketime, its full disk a loop
+# mount (without root it says it skipped those scenarios).
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
@@ -34,6 +35,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ "$(id -u)" = 0 ]; then
   command -v nft >/dev/null 2>&1 || need+=(nftables)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  # The clock-jump scenarios step postbusd's and PostgreSQL's clocks with libfaketime.
+  ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(faketime)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
