@@ -763,7 +763,16 @@ async fn synchronous_standby_walreceiver_stopped_10_s() {
     let stop_s = env_u64("FAULT_WALRECEIVER_STOP_S", 10);
     let fault_start = h.now();
     signal(pid, "STOP");
-    tokio::time::sleep(Duration::from_secs(stop_s)).await;
+    // 3 s in, the broker's sessions end in their wait for the standby (SIGTERM, as
+    // pg_terminate_backend sends): "The transaction has already committed locally, but might
+    // not have been replicated to the standby". The broker finds those transactions committed
+    // and must still not confirm them before the standby has them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let terminated = blocking(|| broker_backends(&site.primary));
+    for backend in &terminated {
+        signal(*backend, "TERM");
+    }
+    tokio::time::sleep(Duration::from_secs(stop_s.saturating_sub(3))).await;
     let confirmed_while_stopped = h.p99_ms(fault_start + Duration::from_millis(500), h.now());
     signal(pid, "CONT");
     let fault_end = h.now();
@@ -776,7 +785,17 @@ async fn synchronous_standby_walreceiver_stopped_10_s() {
         fault_end,
     );
     let log = site.broker.log();
-    conclude(r, "");
+    let committed_in_doubt = log
+        .matches("connection broke during COMMIT; the transaction did commit")
+        .count();
+    let mut extra = format!(
+        "{} broker backends terminated in their wait; batches found committed: {committed_in_doubt}\n",
+        terminated.len()
+    );
+    if !r.report.lost.is_empty() {
+        extra += &where_are(&site.primary, &r.report.lost);
+    }
+    conclude(r, &extra);
     assert!(
         confirmed_while_stopped.is_none(),
         "a COMMIT was confirmed while the synchronous standby could not confirm it"

@@ -505,7 +505,7 @@ impl Store {
 
     /// The connection broke during COMMIT: ask PostgreSQL on a fresh connection whether the
     /// transaction committed, so no client is confirmed or refused blindly.
-    async fn resolve_commit_failure(
+    pub(crate) async fn resolve_commit_failure(
         &self,
         error: tokio_postgres::Error,
         xid: &str,
@@ -532,7 +532,26 @@ impl Store {
             let status = client
                 .query_one("SELECT pg_xact_status($1::text::xid8)::text", &[&xid])
                 .await;
-            task.abort();
+            let status = match status {
+                Ok(row) if row.get::<_, Option<String>>(0).as_deref() == Some("committed") => {
+                    // Committed locally, but a session that ended in its wait for a
+                    // synchronous standby ("The transaction has already committed locally,
+                    // but might not have been replicated to the standby") may not be on the
+                    // standby yet. A transaction committed now waits for the standby like any
+                    // other, and its commit record comes after the first one's: once it
+                    // commits, both are there. Only then is the batch confirmed.
+                    let barrier = crate::durability_barrier(&client).await;
+                    task.abort();
+                    if barrier.is_err() {
+                        continue;
+                    }
+                    Ok(row)
+                }
+                other => {
+                    task.abort();
+                    other
+                }
+            };
             match status {
                 Ok(row) => {
                     let s: Option<String> = row.get(0);
@@ -540,7 +559,7 @@ impl Store {
                         Some("committed") => {
                             tracing::warn!(
                                 xid,
-                                "connection broke during COMMIT; the transaction did commit"
+                                "connection broke during COMMIT; the transaction did commit (and is as durable as any commit now)"
                             );
                             return Ok(());
                         }

@@ -263,3 +263,16 @@ pub async fn connect_raw(
 > {
     tokio_postgres::connect(url, tokio_postgres::NoTls).await
 }
+
+/// Commits a transaction that writes WAL (one row's update). With a synchronous standby its
+/// COMMIT waits, as every such commit does, until the standby has the WAL up to it, and so
+/// everything committed before it: what this session saw committed (a transaction record, `pg_xact_status`) is then
+/// as durable as a commit of its own. Run before confirming a commit learned by reading rather
+/// than from its own COMMIT's answer, which a session that ended in the wait for the standby
+/// never gave ("The transaction has already committed locally, but might not have been
+/// replicated to the standby").
+pub(crate) async fn durability_barrier(
+    client: &tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(queries::DURABILITY_BARRIER).await
+}

@@ -56,6 +56,11 @@ pub const WAKE_CHANNEL: &str = "postbus_wake";
 
 pub const CURRENT_XID: &str = "SELECT pg_current_xact_id()::text";
 
+/// A transaction that writes WAL, so its COMMIT waits for a synchronous standby
+/// ([`crate::durability_barrier`], schema/V8__durability_barrier.sql).
+pub const DURABILITY_BARRIER: &str =
+    "BEGIN; UPDATE postbus.durability_barrier SET passes = passes + 1 WHERE id = 1; COMMIT";
+
 /// The hot-path batch: inserts all messages (ids in input order), deletes all acked messages
 /// this node holds, releases all returned ones, in one statement. Returns (0, id, ordinal) per
 /// inserted message, (1, id, 0) per acked and (2, id, 0) per released message.
@@ -136,6 +141,17 @@ pub const FIND_CLIENT_TX: &str =
 ///
 /// Claims up to `$3` deliverable messages outside groups of queue `$2` for node `$1`, best
 /// priority first, then FIFO. Expired messages are left for the expiry sweep.
+/// The messages of queue `$1` held by node `$2` that transaction `$3` (its `xid8` as text)
+/// claimed: a claim whose answer was lost after it committed is read again by the rows' xmin.
+pub const CLAIMED_BY_TRANSACTION: &str = concat!(
+    "SELECT ",
+    message_head_columns!(),
+    message_body_column!(),
+    ", m.publish_id, m.topic FROM postbus.messages m \
+     WHERE m.queue_id = $1 AND m.owner = $2 \
+       AND m.xmin::text::bigint = ($3::text::bigint & 4294967295)"
+);
+
 pub const CLAIM: &str = "UPDATE postbus.messages m SET owner = $1 \
      WHERE m.id = ANY(ARRAY( \
            SELECT c.id FROM postbus.messages c \

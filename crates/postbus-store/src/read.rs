@@ -110,11 +110,70 @@ impl Store {
         let sql = format!("{claim}{}", queries::MESSAGE_COLUMNS);
         let stmt = client.prepare_cached(&sql).await?;
         let now = crate::clock::now_ms();
-        let rows = client
-            .query(&stmt, &[&node.0, &queue_id, &limit, &now])
+        let rows = self
+            .claim_rows(
+                &client,
+                &stmt,
+                &[&node.0, &queue_id, &limit, &now],
+                node,
+                queue_id,
+            )
             .await?;
         // RETURNING order is not guaranteed: restore delivery order.
         rows_in_delivery_order(&rows, grouped)
+    }
+
+    /// Runs a claim (`stmt`, an UPDATE ... RETURNING of messages of `queue_id` taken for
+    /// `node`) in a transaction whose id is read first, all in one round trip. When the
+    /// connection breaks during the statement or its COMMIT, the outcome is asked of
+    /// PostgreSQL ([`Store::resolve_commit_failure`]); a claim that committed is returned as
+    /// if its answer had come (its rows read again by their xmin when the answer was lost).
+    /// Without this, its messages stayed held by this live broker, undelivered, until it
+    /// restarted (found by fault scenario 3g, sessions ended in a wait for a synchronous
+    /// standby).
+    pub(crate) async fn claim_rows(
+        &self,
+        client: &deadpool_postgres::Client,
+        stmt: &tokio_postgres::Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        node: NodeId,
+        queue_id: i32,
+    ) -> Result<Vec<Row>, StoreError> {
+        let xid_stmt = client.prepare_cached(queries::CURRENT_XID).await?;
+        let (begin, xid, rows, commit) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query_one(&xid_stmt, &[]),
+            client.query(stmt, params),
+            client.batch_execute("COMMIT"),
+        );
+        // A failed BEGIN fails what follows too (the connection broke).
+        drop(begin);
+        let xid: Option<String> = xid.ok().map(|r| r.get(0));
+        match (rows, commit) {
+            (Ok(rows), Ok(())) => Ok(rows),
+            (Ok(rows), Err(e)) => {
+                let Some(xid) = xid else {
+                    return Err(e.into());
+                };
+                self.resolve_commit_failure(e, &xid).await?;
+                Ok(rows)
+            }
+            (Err(e), _) => {
+                let refused = e
+                    .as_db_error()
+                    .is_some_and(|d| !matches!(d.severity(), "FATAL" | "PANIC"));
+                let Some(xid) = xid.filter(|_| !refused) else {
+                    // The statement failed, so the COMMIT rolled back (or never ran).
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(e.into());
+                };
+                self.resolve_commit_failure(e, &xid).await?;
+                let again = self.client().await?;
+                Ok(again
+                    .query(queries::CLAIMED_BY_TRANSACTION, &[&queue_id, &node.0, &xid])
+                    .await?)
+            }
+        }
     }
 
     /// Takes or confirms a dispatch lease (`kind` is "groups" or "exclusive"); true when this
@@ -220,10 +279,16 @@ impl Store {
         tx_id: &str,
     ) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        Ok(client
+        let found = client
             .query_opt(queries::FIND_CLIENT_TX, &[&client_id, &tx_id])
             .await?
-            .is_some())
+            .is_some();
+        if found {
+            // The record may be committed on this server only (its session ended in the wait
+            // for a synchronous standby): the answer waits until the standby has it.
+            crate::durability_barrier(&client).await?;
+        }
+        Ok(found)
     }
 
     /// Registers this broker process and returns its node id (its fencing token).

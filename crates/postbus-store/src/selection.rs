@@ -92,7 +92,9 @@ impl Store {
         let exclude = exclude.to_vec();
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&node.0, &queue_id, &limit, &now, &exclude];
         params.extend(filter.params.iter().map(|p| p as &(dyn ToSql + Sync)));
-        let rows = client.query(&stmt, &params).await?;
+        let rows = self
+            .claim_rows(&client, &stmt, &params, node, queue_id)
+            .await?;
         rows_in_delivery_order(&rows, false)
     }
 }
