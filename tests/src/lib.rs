@@ -583,3 +583,14 @@ pub fn p99(samples: &[Duration]) -> Duration {
     }
     v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
 }
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:` for the peak); 0 if unreadable.
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

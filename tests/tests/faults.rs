@@ -1392,7 +1392,7 @@ async fn fill_backlog(addr: &str, queue: &str, n: u64, rate: u64) -> Duration {
 }
 
 /// What one of the storm's connection attempts got.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug)]
 enum Attempt {
     Connected,
     /// An ERROR frame, with its `message` header.
@@ -1443,16 +1443,6 @@ async fn attempt(addr: &str, held: &tokio::sync::Mutex<Vec<tokio::net::TcpStream
         Ok(Err(e)) => Attempt::Failed(e),
         Err(_) => Attempt::Failed("no answer within 30 s".into()),
     }
-}
-
-fn rss_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// 8. A consumer that takes its prefetch and never acks while a backlog of FAULT_BACKLOG
@@ -1539,7 +1529,7 @@ async fn backlog_behind_a_consumer_that_never_acks_then_a_connection_storm() {
     }
     let storm_took = t.elapsed();
     let pid = site.broker.pid().expect("postbusd runs");
-    let rss_storm_mb = rss_kb(pid, "VmRSS:") as f64 / 1024.0;
+    let rss_storm_mb = postbus_tests::proc_status_kb(pid, "VmRSS:") as f64 / 1024.0;
     let status = child.wait().await.unwrap();
     assert!(status.success(), "the storm process failed: {status}");
     drop(hog);
@@ -1593,7 +1583,7 @@ async fn backlog_behind_a_consumer_that_never_acks_then_a_connection_storm() {
          where d.kind = 'queue' and d.name = 'backlog'",
     )
     .await;
-    let peak_mb = rss_kb(pid, "VmHWM:") as f64 / 1024.0;
+    let peak_mb = postbus_tests::proc_status_kb(pid, "VmHWM:") as f64 / 1024.0;
     let summary: Vec<String> = outcomes.iter().map(|(n, a)| format!("{n} {a}")).collect();
     let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
     let extra = format!(

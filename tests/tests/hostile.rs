@@ -43,16 +43,6 @@ async fn read_error_after(s: &mut TcpStream, mut buf: Vec<u8>) -> String {
         .replace("\\c", ":")
 }
 
-fn peak_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_abuse_is_refused_by_name_and_others_are_served() {
     let url = fresh_database().await;
@@ -192,6 +182,14 @@ async fn every_abuse_is_refused_by_name_and_others_are_served() {
     ));
     drop(held);
     let abuse_end = Instant::now();
+    // The refused connection is in the audit log as such (written within 100 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused_audited = postbus_tests::count(
+        &broker.url,
+        "SELECT count(*) FROM postbus.audit_log WHERE kind = 'connect.refused' \
+         AND detail->>'reason' LIKE '%max_connections_per_principal%'",
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
     let samples = steady.await.unwrap();
@@ -206,7 +204,7 @@ async fn every_abuse_is_refused_by_name_and_others_are_served() {
         .map(|(_, d)| *d)
         .collect();
     let (base, abused) = (p99(&before), p99(&during));
-    let rss_mb = peak_rss_kb(broker.pid().unwrap()) as f64 / 1024.0;
+    let rss_mb = postbus_tests::proc_status_kb(broker.pid().unwrap(), "VmHWM:") as f64 / 1024.0;
     for (what, message) in &refused {
         eprintln!("{what:40} -> {message}");
     }
@@ -243,6 +241,15 @@ async fn every_abuse_is_refused_by_name_and_others_are_served() {
         );
     }
     assert!(rss_mb < 300.0, "broker peak RSS {rss_mb:.1} MB");
+    assert_eq!(
+        refused_audited, 1,
+        "the connection refused past the per-principal limit is audited as connect.refused"
+    );
+    assert!(
+        broker.log().contains("open-files limit"),
+        "postbusd logs the open-files limit it raised: {}",
+        broker.log_tail()
+    );
     // Within 2x the baseline; 5 ms of slack for sub-millisecond baselines on 2 shared cores.
     assert!(
         abused <= base * 2 + Duration::from_millis(5),
